@@ -1,0 +1,57 @@
+"""Attention areas (AAD eq. 3) and their overlap (AAD eq. 5-6)."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+Kappa = Union[str, float]
+
+
+def attention_area(cam: torch.Tensor, kappa: Kappa = "mean", top_k: int | None = None) -> torch.Tensor:
+    """Binary attention area ``Att(x) = g(x) >= kappa`` of ``[B, h, w]`` maps (AAD eq. 3).
+
+    Args:
+        cam: attention maps ``[B, h, w]``.
+        kappa: ``"mean"`` (the map's own mean, the paper's default), or a fixed threshold.
+        top_k: instead of a threshold, keep the ``top_k`` highest cells of each map (AAD sec. 3.2).
+
+    The result is a boolean tensor with no gradient: the AAD rectification mask is a constant.
+    """
+    if cam.dim() != 3:
+        raise ValueError(f"attention maps must be [B, h, w], got shape {tuple(cam.shape)}")
+    cam = cam.detach()
+    if top_k is not None:
+        return top_k_mask(cam, top_k)
+    if isinstance(kappa, str):
+        if kappa != "mean":
+            raise ValueError(f"kappa must be 'mean' or a number, got {kappa!r}")
+        thr = cam.flatten(1).mean(1).view(-1, 1, 1)
+    else:
+        thr = torch.as_tensor(float(kappa), dtype=cam.dtype, device=cam.device)
+    return cam >= thr
+
+
+def top_k_mask(cam: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` highest cells of each ``[h, w]`` map (ties broken by position)."""
+    b, h, w = cam.shape
+    if not 1 <= k <= h * w:
+        raise ValueError(f"top_k must be in [1, {h * w}] for {h}x{w} maps, got {k}")
+    idx = cam.detach().flatten(1).topk(k, dim=1).indices
+    mask = torch.zeros(b, h * w, dtype=torch.bool, device=cam.device)
+    mask.scatter_(1, idx, True)
+    return mask.view(b, h, w)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-example IoU ``|a & b| / |a | b|`` of two boolean masks ``[B, h, w]`` (AAD eq. 5-6).
+
+    Two empty masks have IoU 1 (they agree).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    a, b = a.flatten(1).bool(), b.flatten(1).bool()
+    inter = (a & b).sum(1).float()
+    union = (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))

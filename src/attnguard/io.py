@@ -1,0 +1,175 @@
+"""Checkpoints: atomic writes, safe loads, and ``load_model``.
+
+* Writes go to a temporary file in the same directory, are flushed and fsync'd, then renamed
+  over the target (``os.replace`` is atomic on POSIX and Windows). A kill at any moment leaves
+  either the old file or the new one, never a torn one.
+* Reads use ``torch.load(weights_only=True)``: a checkpoint can hold tensors, numbers, strings,
+  lists and dicts, and nothing that runs code when unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "attnguard-checkpoint"
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def safe_load(path: PathLike, map_location="cpu") -> Dict[str, Any]:
+    """Load an attnguard checkpoint with ``weights_only=True``; every failure is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        detail = msg[0] if msg else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise CheckpointError(f"{path} is not a safe checkpoint: it holds Python objects that "
+                                  "torch.load(weights_only=True) refuses to run; it was not loaded") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file): "
+                              f"{detail[:200]}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an attnguard checkpoint (no '{FORMAT}' header)")
+    return obj
+
+
+def resolve_checkpoint(path: PathLike, which: str = "best") -> Path:
+    """A checkpoint file from a file path or a run directory (``checkpoints/{which}.pt``, else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (which, "last", "best"):
+            cand = path / "checkpoints" / f"{name}.pt"
+            if cand.is_file():
+                return cand
+        raise CheckpointError(f"run directory {path} has no checkpoint (looked for checkpoints/{which}.pt "
+                              "and checkpoints/last.pt)")
+    if not path.exists():
+        raise CheckpointError(f"no such run directory or checkpoint: {path}")
+    return path
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: str = "best"):
+    """The trained model of a run directory, checkpoint (``.pt``) or exported ``.safetensors`` file.
+
+    Returns an ``nn.Module`` in eval mode, with normalization inside, taking [0, 1] inputs.
+    For a run directory, ``which`` picks ``best`` (highest robust validation accuracy, the
+    default) or ``last``.
+    """
+    from .models import model_from_config
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, device)
+    ckpt = safe_load(resolve_checkpoint(path, which))
+    try:
+        model = model_from_config(ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} does not match its model config: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval()
+
+
+def export_safetensors(model, path: PathLike) -> None:
+    """Write the weights as safetensors; model name, classes and normalization go in the metadata."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "model_config": json.dumps(model.config)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_safetensors(path: PathLike, device="cpu"):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .models import model_from_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+        config = json.loads(meta["model_config"])
+    except Exception as e:
+        raise CheckpointError(f"{path} is not an attnguard safetensors export: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+    model = model_from_config(config)
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        raise CheckpointError(f"{path}: weights do not match the model in its metadata: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval()
+
+
+def read_json(path: PathLike) -> Optional[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
