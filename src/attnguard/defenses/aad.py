@@ -1,0 +1,101 @@
+"""Attention rectification and preservation (Wu, Sang et al. 2022, "Attention, Please!", AAD sec. 4.1-4.2).
+
+* eq. 7:  ``x^m = x * (1 - Att(x))``, ``Att(x) = g(x) >= kappa`` (eq. 3), a constant mask.
+* eq. 8:  ``L_r = -( L(f(x), f(x^m)) + L(f(x_adv), f(x_adv^m)) )``, L the L2 distance between
+  softmax outputs (sec. 5.1: "l2-norm ... between the soft labels").
+* eq. 9:  ``L_p = L(g(x), g(x_adv))``, L the L1 norm over the map cells (sec. 5.1: "to encourage sparsity").
+* eq. 10: the total adds ``alpha * L_r + beta * L_p`` to the base loss.
+
+g is the true-class Grad-CAM of the model's attention layer, unnormalized and differentiable.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Dict, List, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import attention_area
+from .base import Regularizer
+
+
+def attention_mask(cam: torch.Tensor, size, kappa: Union[str, float] = "mean") -> torch.Tensor:
+    """``Att(x)`` of AAD eq. 3 as a float ``[B, 1, H, W]`` mask at input resolution (nearest upsampling).
+
+    No gradient flows through it: the threshold is a hard, constant decision.
+    """
+    mask = attention_area(cam, kappa).to(cam.dtype)[:, None]
+    return F.interpolate(mask, size=tuple(size), mode="nearest")
+
+
+def masked_input(x: torch.Tensor, cam: torch.Tensor, kappa: Union[str, float] = "mean") -> torch.Tensor:
+    """``x^m = x * (1 - Att(x))`` (AAD eq. 7): the input with its attention area blacked out."""
+    return x * (1.0 - attention_mask(cam, x.shape[-2:], kappa).to(x.dtype))
+
+
+def rectification_loss(p_clean: torch.Tensor, p_clean_masked: torch.Tensor, p_adv: torch.Tensor,
+                       p_adv_masked: torch.Tensor) -> torch.Tensor:
+    """AAD eq. 8: ``-(mean_b ||p(x) - p(x^m)||_2 + mean_b ||p(x_adv) - p(x_adv^m)||_2)`` for softmax outputs p."""
+    d_clean = (p_clean - p_clean_masked).norm(dim=1).mean()
+    d_adv = (p_adv - p_adv_masked).norm(dim=1).mean()
+    return -(d_clean + d_adv)
+
+
+def preservation_loss(g_clean: torch.Tensor, g_adv: torch.Tensor) -> torch.Tensor:
+    """AAD eq. 9: ``mean_b ||g(x) - g(x_adv)||_1`` over the cells of ``[B, h, w]`` maps."""
+    return (g_clean - g_adv).abs().flatten(1).sum(1).mean()
+
+
+@contextmanager
+def frozen_bn_statistics(model: nn.Module):
+    """BatchNorm layers in train mode normalize with batch statistics but leave their running statistics alone.
+
+    Masked images are a training device, not test inputs: they must not shift the running
+    statistics used at test time. Turning ``track_running_stats`` off for the block makes BN skip
+    the update (no in-place write to buffers an earlier forward saved for backward).
+    """
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
+class AAD(Regularizer):
+    """``aad_alpha * L_r + aad_beta * L_p`` (AAD eq. 10; the paper's sec. 5.4 uses alpha = beta = 0.01).
+
+    Parts: ``aad_rect`` (L_r, unweighted, <= 0) and ``aad_pres`` (L_p, unweighted).
+    ``x^m`` and ``x_adv^m`` go through the (unwrapped) model in one forward pass.
+    """
+
+    name = "aad"
+
+    def layers(self, model: nn.Module) -> List[str]:
+        return [model.attention_layer]
+
+    def __call__(self, ctx) -> Dict[str, torch.Tensor]:
+        cfg = self.defense
+        g_clean, g_adv = ctx.cam()
+        out: Dict[str, torch.Tensor] = {}
+        if cfg.aad_alpha > 0:
+            b = ctx.x.shape[0]
+            masked = torch.cat([masked_input(ctx.x, g_clean, cfg.aad_kappa),
+                                masked_input(ctx.x_adv, g_adv, cfg.aad_kappa)])
+            with frozen_bn_statistics(ctx.net):
+                p_masked = F.softmax(ctx.net(masked).float(), 1)
+            p_clean, p_adv = ctx.probabilities()
+            l_r = rectification_loss(p_clean, p_masked[:b], p_adv, p_masked[b:])
+            ctx.report("aad_rect", l_r)
+            out["aad_rect"] = cfg.aad_alpha * l_r
+        if cfg.aad_beta > 0:
+            l_p = preservation_loss(g_clean, g_adv)
+            ctx.report("aad_pres", l_p)
+            out["aad_pres"] = cfg.aad_beta * l_p
+        return out

@@ -1,0 +1,133 @@
+"""The shared state of one training step: one forward pass, its logits, activations and CAMs.
+
+With ``fused_forward`` the clean and adversarial batches go through the model together as
+``torch.cat([x, x_adv])``: one forward, one set of hooks, and one gradient call for both
+Grad-CAMs. Without it (or when nothing needs the clean pass) the passes run separately.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import cam_from_activation, capture, closed_form_classifier
+from .base import unwrap
+from .config import DefenseConfig
+
+
+def _run(caller: nn.Module, net: nn.Module, inputs: torch.Tensor, layers: Sequence[str]):
+    """Logits of ``caller(inputs)`` and the outputs of ``layers`` (hooked on ``net``, the inner model)."""
+    with capture(net, list(layers)) as store:
+        logits = caller(inputs)
+    acts = []
+    for i, name in enumerate(layers):
+        if len(store[i]) != 1:
+            raise RuntimeError(f"layer '{name}' ran {len(store[i])} times in one forward pass; "
+                               "attention terms need a layer that runs exactly once")
+        acts.append(store[i][0])
+    return logits, acts
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(1) == y).float().mean()
+
+
+class Context:
+    """Everything the base loss and the regularizers read for one batch.
+
+    Attributes:
+        model: the model as passed in (possibly a DDP wrapper); only the main forward uses it.
+        net: the unwrapped model (metadata, hooks, extra forwards).
+        x, y, x_adv: the batch and its adversarial counterpart (``x_adv`` None without an adversary).
+        logits_clean, logits_adv: ``[B, K]`` logits, or None when not computed.
+        parts: unweighted values reported so far (detached 0-dim tensors).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Optional[torch.Tensor], *,
+                 defense: DefenseConfig, layers: Sequence[str] = (), need_clean: bool = True):
+        self.model = model
+        self.net = unwrap(model)
+        self.x, self.y, self.x_adv = x, y, x_adv
+        self.defense = defense
+        self.layers: List[str] = list(dict.fromkeys(layers))
+        self.logits_clean: Optional[torch.Tensor] = None
+        self.logits_adv: Optional[torch.Tensor] = None
+        self._acts_clean: Dict[str, torch.Tensor] = {}
+        self._acts_adv: Dict[str, torch.Tensor] = {}
+        self._joint: Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = None
+        self._cam: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.parts: Dict[str, torch.Tensor] = {}
+        self.fused = False
+        self._forward(need_clean or x_adv is None)
+
+    def _forward(self, need_clean: bool) -> None:
+        x, x_adv, layers = self.x, self.x_adv, self.layers
+        if x_adv is None:
+            if layers:
+                raise ValueError("attention regularizers need adversarial examples (the base has no adversary)")
+            self.logits_clean, _ = _run(self.model, self.net, x, [])
+            return
+        if need_clean and self.defense.fused_forward:
+            b = x.shape[0]
+            logits, acts = _run(self.model, self.net, torch.cat([x, x_adv]), layers)
+            self.fused = True
+            self._joint = (logits, dict(zip(layers, acts)))
+            self.logits_clean, self.logits_adv = logits[:b], logits[b:]
+            self._acts_clean = {n: a[:b] for n, a in zip(layers, acts)}
+            self._acts_adv = {n: a[b:] for n, a in zip(layers, acts)}
+            return
+        # Separate passes: the adversarial one (always needed) is the main pass through the wrapper.
+        self.logits_adv, acts = _run(self.model, self.net, x_adv, layers)
+        self._acts_adv = dict(zip(layers, acts))
+        if need_clean:
+            self.logits_clean, acts = _run(self.net, self.net, x, layers)
+            self._acts_clean = dict(zip(layers, acts))
+
+    def activations(self, layer: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(clean, adversarial)`` outputs of a layer some regularizer listed in ``layers()``."""
+        if layer not in self._acts_adv:
+            raise KeyError(f"layer '{layer}' was not captured; a regularizer must list it in layers()")
+        return self._acts_clean[layer], self._acts_adv[layer]
+
+    def cam(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """True-class Grad-CAMs ``(g(x), g(x_adv))``, each ``[B, h, w]``, of the attention layer; differentiable.
+
+        Unnormalized and ReLU'd: AAD eq. 2 and AFM eq. 3 (phi_CAM) are the same map. Computed once
+        per step and shared. Uses the exact closed form when the attention layer feeds only
+        GAP + linear, else the gradient path with ``create_graph=True`` (one gradient call for
+        both halves when the forward was fused; examples do not interact after the attention
+        layer in the models where that path is taken, which have no BatchNorm there).
+        """
+        if self._cam is None:
+            layer = self.net.attention_layer
+            fc = closed_form_classifier(self.net, None)
+            if self._joint is not None and layer in self._joint[1]:
+                logits, acts = self._joint
+                g = cam_from_activation(logits, acts[layer], torch.cat([self.y, self.y]), classifier=fc,
+                                        create_graph=True)
+                b = self.x.shape[0]
+                self._cam = (g[:b], g[b:])
+            else:
+                a_clean, a_adv = self.activations(layer)
+                self._cam = (
+                    cam_from_activation(self.logits_clean, a_clean, self.y, classifier=fc, create_graph=True),
+                    cam_from_activation(self.logits_adv, a_adv, self.y, classifier=fc, create_graph=True),
+                )
+        return self._cam
+
+    def probabilities(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Softmax of the clean and adversarial logits (float32)."""
+        return F.softmax(self.logits_clean.float(), 1), F.softmax(self.logits_adv.float(), 1)
+
+    def report(self, name: str, value: torch.Tensor) -> None:
+        """Record an unweighted value as a part (detached; no host sync)."""
+        self.parts[name] = value.detach()
+
+    def accuracy_parts(self) -> None:
+        if self.logits_clean is not None:
+            self.parts["acc_clean"] = _accuracy(self.logits_clean, self.y)
+        if self.logits_adv is not None:
+            self.parts["acc_adv"] = _accuracy(self.logits_adv, self.y)

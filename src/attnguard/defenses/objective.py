@@ -1,0 +1,75 @@
+"""A training objective: base loss + weighted regularizers (AAD eq. 10; AT+ALP eq. 2; AFM eq. 6).
+
+``loss, parts = objective(model, x, y)``: ``loss`` is a differentiable scalar; ``parts`` maps names
+to detached 0-dim tensors (``ce``, ``alp``, ``trades_kl``, ``aad_rect``, ``aad_pres``, ``at``,
+``afm``, ``afm_norm``, ``acc_clean``, ``acc_adv``, ``loss``). The step has no host
+synchronization; reading the parts (``.item()``) is the caller's choice, e.g. every N steps.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .base import Base, Regularizer, unwrap
+from .config import AdversaryConfig, DefenseConfig
+from .context import Context
+from .presets import canonical_name, parse_preset
+from .registry import BASES, REGULARIZERS
+
+
+class Objective:
+    """One base plus regularizers, sharing one forward pass per step.
+
+    Args:
+        base: the base objective (owns the adversary).
+        regularizers: attention regularizers (require a base with an adversary).
+        defense: term weights and ``fused_forward``.
+        name: the canonical defense name.
+    """
+
+    def __init__(self, base: Base, regularizers: List[Regularizer], defense: DefenseConfig, name: str):
+        if regularizers and not base.has_adversary:
+            raise ValueError(f"base '{base.name}' has no adversary; regularizers pair clean and adversarial examples")
+        self.base = base
+        self.regularizers = list(regularizers)
+        self.defense = defense
+        self.name = name
+
+    @property
+    def attack(self):
+        """The in-training adversary (None for standard training)."""
+        return self.base.attack
+
+    def layers(self, model: nn.Module) -> List[str]:
+        net = unwrap(model)
+        return list(dict.fromkeys(name for r in self.regularizers for name in r.layers(net)))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        net = unwrap(model)
+        x_adv = self.base.craft(net, x, y)
+        need_clean = self.base.needs_clean_logits or bool(self.regularizers)
+        ctx = Context(model, x, y, x_adv, defense=self.defense, layers=self.layers(net), need_clean=need_clean)
+        loss = self.base.loss(ctx)
+        for reg in self.regularizers:
+            for term in reg(ctx).values():
+                loss = loss + term
+        ctx.accuracy_parts()
+        parts = dict(ctx.parts)
+        parts["loss"] = loss.detach()
+        return loss, parts
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name}: {self.base!r}, regularizers={[r.name for r in self.regularizers]})"
+
+
+def build_objective(defense: Optional[DefenseConfig] = None, adversary: Optional[AdversaryConfig] = None) -> Objective:
+    """The objective named by ``defense.preset`` with the given term weights and in-training adversary."""
+    defense = defense if defense is not None else DefenseConfig()
+    adversary = adversary if adversary is not None else AdversaryConfig()
+    base_name, reg_names = parse_preset(defense.preset)
+    base = BASES.build(base_name, defense, adversary)
+    regs = [REGULARIZERS.build(n, defense) for n in reg_names]
+    return Objective(base, regs, defense, canonical_name(defense.preset))

@@ -1,0 +1,27 @@
+"""The defense registries: bases (what is classified, how x_adv is made) and attention regularizers.
+
+Adding a regularizer takes one file (a :class:`~attnguard.defenses.base.Regularizer` subclass)
+and one ``REGULARIZERS.add`` line here; presets, parsing and ``attnguard list`` pick it up.
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .aad import AAD
+from .afm import AFM
+from .alp import ALP
+from .at import AT
+from .madry import Madry
+from .standard import Standard
+from .trades import Trades
+
+BASES = Registry("base")
+BASES.add("standard", Standard, "cross-entropy on clean examples, no adversary")
+BASES.add("madry", Madry, "PGD adversarial training: CE on PGD examples (Madry et al. 2018; AT+ALP eq. 1)")
+BASES.add("alp", ALP, "adversarial logit pairing: mean clean/adv CE + lambda ||f(x) - f(x_adv)||^2 (Kannan et al. 2018)")
+BASES.add("trades", Trades, "TRADES: CE(f(x)) + beta KL(f(x) || f(x_adv)) with a KL adversary (Zhang et al. 2019)")
+
+REGULARIZERS = Registry("regularizer")
+REGULARIZERS.add("aad", AAD, "Grad-CAM attention rectification + preservation (AAD eq. 7-10)")
+REGULARIZERS.add("at", AT, "activation attention-map pairing over the group layers (AT+ALP eq. 4)")
+REGULARIZERS.add("afm", AFM, "true-class CAM feature matching + norm decay (AFM eq. 3-6)")
