@@ -29,7 +29,7 @@ def attention_area(cam: torch.Tensor, kappa: Kappa = "mean", top_k: int | None =
             raise ValueError(f"kappa must be 'mean' or a number, got {kappa!r}")
         thr = cam.flatten(1).mean(1).view(-1, 1, 1)
     else:
-        thr = torch.as_tensor(float(kappa), dtype=cam.dtype, device=cam.device)
+        return cam >= float(kappa)  # a Python scalar: no host-to-device copy per call
     return cam >= thr
 
 

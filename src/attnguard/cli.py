@@ -1,0 +1,262 @@
+"""The ``attnguard`` command line: a thin layer over the library.
+
+Every user error (bad name, value, file or flag) prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .errors import AttnGuardError, ConfigError
+
+EPILOG = """examples:
+  attnguard train                                  # AAD MNIST row (LeNet, madry+aad, eps 0.3) on mnist-5k, CPU
+  attnguard train --config configs/atalp/cifar10-resnet18-at+alp.yaml --data-root ~/data --download
+  attnguard eval runs/RUN --attacks fgsm,pgd-20,cw-20,autoattack --n-examples 1000 --sanity
+  attnguard explain runs/RUN --attack pgd-20 --n 16 --out gallery.png
+  attnguard analyze runs/RUN --boxes boxes.csv
+  attnguard report runs/RUN_A runs/RUN_B --out report.html
+  attnguard list defenses
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _comma_list(text: str) -> List[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _parse_set(values: Optional[List[str]]) -> dict:
+    import yaml
+
+    from .train.config import set_path
+
+    out: dict = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        set_path(out, key.strip(), value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="attnguard", description="Attention-guided adversarial training and honest robustness "
+                "evaluation for image classifiers.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"attnguard {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model with a defense (default: the AAD MNIST row on mnist-5k)",
+                       description="Train with a defense preset, validate robustly each epoch, then evaluate. "
+                       "Flags override values of --config; --set KEY=VALUE overrides any config key.")
+    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/)")
+    t.add_argument("--dataset", metavar="D", help="dataset name (attnguard list datasets)")
+    t.add_argument("--data-root", metavar="DIR", help="where torchvision datasets live")
+    t.add_argument("--download", action="store_true", default=None, help="download a missing torchvision dataset")
+    t.add_argument("--model", metavar="M", help="model name (attnguard list models)")
+    t.add_argument("--defense", metavar="P", help="defense preset, e.g. madry, alp+aad, at+alp, afm, trades")
+    t.add_argument("--epochs", type=int, metavar="N")
+    t.add_argument("--eps", type=float, metavar="E", help="L-inf radius of the training adversary (and eval)")
+    t.add_argument("--batch-size", type=int, metavar="B")
+    t.add_argument("--lr", type=float, metavar="LR")
+    t.add_argument("--seed", type=int, metavar="S")
+    t.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N or mps")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<dataset>-<model>-<defense>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. "
+                   "train.amp=off (repeatable)")
+    t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+
+    e = sub.add_parser("eval", help="evaluate a run or checkpoint against attacks (worst case per example)")
+    e.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("--attacks", type=_comma_list, default=None, metavar="LIST",
+                   help="comma-separated attack names (attnguard list attacks); default fgsm,pgd-20,cw-20")
+    e.add_argument("--eps", type=float, default=None, metavar="E", help="default: the run's training eps")
+    e.add_argument("--n-examples", type=int, default=1000, metavar="N", help="first N test examples")
+    e.add_argument("--sanity", action="store_true", help="run the Carlini et al. 2019 sanity checks")
+    e.add_argument("--out", metavar="FILE", help="eval.json path or directory (default: next to the model)")
+    e.add_argument("--device", default="auto", metavar="DEV")
+    e.add_argument("--batch-size", type=int, default=256, metavar="B")
+    e.add_argument("--seed", type=int, default=0, metavar="S")
+
+    x = sub.add_parser("explain", help="PNG gallery: clean and adversarial images with their Grad-CAM")
+    x.add_argument("run", metavar="RUN")
+    x.add_argument("--attack", default="pgd-20")
+    x.add_argument("--n", type=int, default=16, help="number of images (rows)")
+    x.add_argument("--eps", type=float, default=None)
+    x.add_argument("--out", default="gallery.png")
+    x.add_argument("--device", default="auto")
+
+    a = sub.add_parser("analyze", help="the papers' attention analyses (IoU tables, LIME) and plots")
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--boxes", metavar="FILE_OR_DIR", help="Pascal VOC XML folder/file or CSV of boxes")
+    a.add_argument("--attack", default="stepll")
+    a.add_argument("--n-examples", type=int, default=500)
+    a.add_argument("--out", metavar="DIR", help="default RUN/analysis")
+    a.add_argument("--device", default="auto")
+
+    r = sub.add_parser("report", help="one self-contained HTML report of one or more runs")
+    r.add_argument("runs", nargs="+", metavar="RUN")
+    r.add_argument("--out", default="report.html")
+
+    x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
+    x2.add_argument("run", metavar="RUN")
+    x2.add_argument("--out", required=True, metavar="FILE.safetensors")
+    x2.add_argument("--which", choices=("best", "last"), default="best")
+
+    ls = sub.add_parser("list", help="list datasets, models, defenses, regularizers, attacks or configs")
+    ls.add_argument("what", choices=("datasets", "models", "defenses", "regularizers", "attacks", "configs"))
+    return p
+
+
+def _train_overrides(args) -> dict:
+    from .train.config import set_path
+
+    o = _parse_set(args.set)
+    for flag, key in [("dataset", "data.name"), ("data_root", "data.root"), ("download", "data.download"),
+                      ("model", "model.name"), ("defense", "defense.preset"), ("epochs", "train.epochs"),
+                      ("eps", "adversary.eps"), ("batch_size", "train.batch_size"), ("lr", "optim.lr"),
+                      ("seed", "seed"), ("device", "train.device"), ("out", "out")]:
+        value = getattr(args, flag)
+        if value is not None:
+            set_path(o, key, value)
+    return o
+
+
+def cmd_train(args) -> int:
+    from .train.config import resolve_config
+    from .train.rundir import resume_config_file
+    from .train.validate import check_names
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
+        cfg = resolve_config(str(resume_config_file(args.out)), overrides)
+    else:
+        cfg = resolve_config(args.config, overrides)
+    check_names(cfg)
+    from .train.trainer import train
+
+    run = train(cfg, resume=args.resume)
+    if not args.no_eval and _is_main_process():
+        _final_eval(run, cfg)
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _final_eval(run, cfg) -> None:
+    from .evaluate import format_table, run_eval
+
+    ev = cfg.eval
+    result = run_eval(run, ev.attacks, eps=ev.eps, n_examples=ev.n_examples, sanity=ev.sanity, out=run,
+                      device=cfg.train.device, batch_size=ev.batch_size, seed=cfg.seed)
+    _print_table(format_table(result))
+    print(f"wrote {run}/eval.json and {run}/eval.md")
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import format_table, run_eval
+
+    result = run_eval(args.target, args.attacks or ["fgsm", "pgd-20", "cw-20"], eps=args.eps,
+                      n_examples=args.n_examples, sanity=args.sanity, out=args.out, device=args.device,
+                      batch_size=args.batch_size, seed=args.seed)
+    _print_table(format_table(result))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .analysis import explain
+
+    path = explain(args.run, attack=args.attack, n=args.n, out=args.out, eps=args.eps, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze
+
+    result = analyze(args.run, boxes=args.boxes, attack=args.attack, n_examples=args.n_examples,
+                     out_dir=args.out, device=args.device)
+    print(result.get("summary", "analysis written") if isinstance(result, dict) else result)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .io import export_safetensors, load_model
+
+    model = load_model(args.run, which=args.which)
+    export_safetensors(model, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .train.validate import listing
+
+    for name, desc in listing(args.what):
+        print(f"{name:<28} {desc}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explain": cmd_explain, "analyze": cmd_analyze,
+            "report": cmd_report, "export": cmd_export, "list": cmd_list}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["train"] + list(argv if argv is not None else sys.argv[1:]))
+    try:
+        return COMMANDS[args.command](args)
+    except AttnGuardError as e:
+        print(f"attnguard {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"attnguard {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Name checks before any work starts, and the listings behind ``attnguard list``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+from .config import RunConfig
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Fail fast (one line, valid names listed) on unknown model, defense, dataset or attack names."""
+    from ..attacks.registry import parse_attack
+    from ..data import check_dataset_name
+    from ..defenses import canonical_name
+    from ..models import MODELS
+
+    MODELS.entry(cfg.model.name)
+    canonical_name(cfg.defense.preset)
+    check_dataset_name(cfg.data.name)
+    for name in cfg.eval.attacks:
+        parse_attack(name)
+
+
+def listing(what: str) -> List[Tuple[str, str]]:
+    if what == "models":
+        from ..models import MODELS
+
+        return MODELS.describe()
+    if what == "datasets":
+        from ..data import DATASETS
+
+        return DATASETS.describe()
+    if what == "defenses":
+        from ..defenses import PRESETS
+
+        return sorted(PRESETS.items())
+    if what == "regularizers":
+        from ..defenses import REGULARIZERS
+
+        return REGULARIZERS.describe()
+    if what == "attacks":
+        from ..attacks.registry import ATTACKS
+
+        return ATTACKS.describe()
+    if what == "configs":
+        root = Path("configs")
+        if not root.is_dir():
+            return [("(none)", "no configs/ directory here; run from the attnguard repository root")]
+        out = []
+        for p in sorted(root.rglob("*.yaml")):
+            first = p.read_text().splitlines()[:1]
+            desc = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+            out.append((str(p), desc))
+        return out
+    raise ValueError(what)
