@@ -1,0 +1,92 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), via torchattacks.
+
+torchattacks' ``Square`` is the PyTorch implementation of the AutoAttack authors (same
+initialization, square-size schedule ``p``, margin loss and acceptance rule as
+``fra31/auto-attack/autoattack/square.py``). One batch-level detail differs from the paper's
+numpy code: in each iteration the square's position and its per-channel signs are drawn once and
+shared by all examples still being attacked (the paper's code draws them per image). This module
+also holds the glue every torchattacks component in attnguard goes through.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+from .base import Attack
+
+TA_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    """The seed to hand a torchattacks component: ``seed``, or one drawn from torch's global RNG."""
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()).item())
+    return int(seed)
+
+
+def run_torchattack(atk, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Run a torchattacks attack on ``(x, y)`` without its side effects.
+
+    * Calls ``forward`` rather than ``__call__``: ``__call__`` switches the model to eval mode and
+      back to train mode afterwards, which would override the caller's choice of mode.
+    * Runs on ``x``'s device (torchattacks otherwise uses the device of the first parameter).
+    * torchattacks seeds torch's *global* RNG inside ``perturb``; a forked RNG state keeps the
+      caller's random stream as it was.
+    Parameter ``.grad`` that FAB's ``backward`` calls accumulate is restored by
+    :func:`~attnguard.attacks.base.preserved_state` around every attack call.
+    """
+    atk.set_device(x.device)
+    devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
+        if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        adv = atk.forward(x, y)
+    return adv.detach().to(device=x.device, dtype=x.dtype)
+
+
+class Square(Attack):
+    """Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
+    attack via random search"), a score-based black-box attack: it queries the model's logits (the
+    margin loss), never its gradients.
+
+    Random search over squares: start from vertical stripes of +-eps; each iteration changes one
+    square window (side from the schedule of ``p``, which halves at iterations 10, 50, 200, 500,
+    1000, 2000, 4000, 6000, 8000 of a 10000-query budget, rescaled to ``n_queries``) and keeps it if
+    the margin loss decreases. One query per iteration and example, ``n_queries`` at most (plus one
+    for the start), one restart. Via ``torchattacks.Square(loss="margin", resc_schedule=True)``.
+
+    Args:
+        eps: radius ([0, 1] pixel units).
+        n_queries: query budget per example (the paper and AutoAttack use 5000 for L-inf/L2 eval).
+        p_init: initial fraction of pixels changed per square (0.8 in the paper for L-inf).
+        norm: ``"linf"`` or ``"l2"``.
+        seed: seed of the random search (``None``: drawn from torch's global RNG).
+        skip_misclassified: leave already-misclassified examples unchanged.
+    """
+
+    name = "square"
+    uses_gradients = False
+
+    def __init__(self, eps: float, *, n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
+                 seed: Optional[int] = 0, skip_misclassified: bool = True):
+        super().__init__(eps, norm=norm, skip_misclassified=skip_misclassified, seed=seed)
+        if int(n_queries) < 1:
+            raise ConfigError(f"n_queries must be >= 1, got {n_queries}")
+        if not 0 < p_init <= 1:
+            raise ConfigError(f"p_init must be in (0, 1], got {p_init}")
+        self.n_queries = int(n_queries)
+        self.p_init = float(p_init)
+
+    def perturb(self, model, x, y):
+        import torchattacks
+
+        atk = torchattacks.Square(model, norm=TA_NORMS[self.norm], eps=self.eps, n_queries=self.n_queries,
+                                  n_restarts=1, p_init=self.p_init, loss="margin", resc_schedule=True,
+                                  seed=resolve_seed(self.seed), verbose=False)
+        with torch.no_grad():  # a score-based attack: no graph needed anywhere
+            return run_torchattack(atk, x, y)
+
+    def __repr__(self) -> str:
+        return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g}, norm={self.norm})"
