@@ -1,0 +1,273 @@
+"""Robust accuracy that can be trusted: eval mode, [0, 1] inputs, worst case over attacks per example.
+
+An example counts as robust to an attack only if the model classifies it correctly both clean
+and after the attack; it counts as robust overall (``worst_case``) only if it survives every
+attack in the list (Carlini et al. 2019, "On Evaluating Adversarial Robustness", sec. 5: report
+the per-example minimum over attacks, not the best single attack).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..errors import AttnGuardError, ConfigError, DataError
+
+NORMS = ("linf", "l2")
+BALL_TOL = 1e-5  # float slack when checking that an attack stayed in the eps-ball and in [0, 1]
+
+
+@dataclass
+class PerExample:
+    """Per-example correctness (CPU bool tensors ``[N]``) behind an evaluation's numbers.
+
+    ``attacks[name][i]`` is True when example ``i`` is classified correctly clean *and* after
+    the attack. ``black_box[name]`` says whether the attack never reads the model's gradients.
+    """
+
+    clean: torch.Tensor
+    attacks: Dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    black_box: Dict[str, bool] = field(default_factory=dict)
+    named: Dict[str, bool] = field(default_factory=dict)  # built from a registry name (so reusable by name)
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """Correct clean and under every attack."""
+        out = self.clean.clone()
+        for ok in self.attacks.values():
+            out &= ok
+        return out
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """The whole model in eval mode (BatchNorm statistics, no dropout), each module's flag restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def check_eps(eps, norm: str = "linf") -> float:
+    if norm not in NORMS:
+        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps != eps:
+        raise ConfigError(f"eps must be a number, got {eps!r}")
+    if eps < 0 or (norm == "linf" and eps > 1):
+        bound = "[0, 1] (pixel units, e.g. 0.3 or 8/255)" if norm == "linf" else ">= 0"
+        raise ConfigError(f"eps must be in {bound}, got {eps!r}")
+    return float(eps)
+
+
+def check_inputs(model: nn.Module, images, labels) -> Tuple[int, int]:
+    """One-line DataError unless ``images`` is float [N, C, H, W] in [0, 1] and ``labels`` int64 [N] in range.
+
+    Returns ``(N, num_classes)`` (num_classes from the model, else from one forward pass).
+    """
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"images must be a torch tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise DataError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}"
+                        + (" (divide uint8 pixels by 255)" if images.dtype == torch.uint8 else ""))
+    if images.dim() != 4:
+        raise DataError(f"images must have shape [N, C, H, W], got {list(images.shape)}")
+    n = images.shape[0]
+    if n == 0:
+        raise DataError("images is empty (N = 0)")
+    expected = getattr(model, "input_size", None)
+    if expected is not None and tuple(images.shape[1:]) != tuple(expected):
+        raise DataError(f"images have shape [N, {', '.join(map(str, images.shape[1:]))}] but the model takes "
+                        f"[N, {', '.join(map(str, expected))}]")
+    if not bool(torch.isfinite(images).all()):
+        raise DataError("images contain NaN or infinite values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 1:
+        raise DataError(f"images must have values in [0, 1] (normalization happens inside the model), "
+                        f"got values in [{lo:g}, {hi:g}]")
+    if not isinstance(labels, torch.Tensor):
+        raise DataError(f"labels must be a torch tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise DataError(f"labels must be int64 class indices, got dtype {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise DataError(f"labels must have shape [{n}] to match the images, got {list(labels.shape)}")
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        with torch.no_grad(), eval_mode(model):
+            num_classes = int(model(images[:1].to(model_device(model))).shape[1])
+    lmin, lmax = int(labels.min()), int(labels.max())
+    if lmin < 0 or lmax >= num_classes:
+        raise DataError(f"labels must be in [0, {num_classes - 1}] for a {num_classes}-class model, "
+                        f"got labels in [{lmin}, {lmax}]")
+    return n, int(num_classes)
+
+
+def is_black_box(attack, name: str) -> bool:
+    """True for attacks that never read the target model's gradients (Square, RayS, transfer)."""
+    return not getattr(attack, "uses_gradients", True) or name.split(":")[0].split("-")[0] in (
+        "square", "rays", "transfer")
+
+
+def resolve_attacks(attacks, eps: float, *, norm: str, seed: int, num_classes: int, device) -> List[tuple]:
+    """``[(label, attack object)]`` from names and/or attack objects; duplicate labels are refused."""
+    from ..attacks.registry import build_attack
+
+    if isinstance(attacks, str) or callable(attacks):
+        attacks = [attacks]
+    out, seen = [], set()
+    for a in attacks:
+        if isinstance(a, str):
+            obj = build_attack(a, eps, seed=seed, num_classes=num_classes, norm=norm, device=device)
+            label = obj.registry_name
+        elif callable(a):
+            obj = a
+            label = getattr(a, "registry_name", None) or getattr(a, "name", None) or type(a).__name__
+            a_eps = getattr(a, "eps", None)
+            if a_eps is not None and abs(float(a_eps) - eps) > 1e-9:
+                raise ConfigError(f"attack '{label}' has eps={a_eps:g} but the evaluation uses eps={eps:g}")
+            a_norm = getattr(a, "norm", None)
+            if a_norm is not None and a_norm != norm:
+                raise ConfigError(f"attack '{label}' uses norm {a_norm} but the evaluation uses {norm}")
+        else:
+            raise ConfigError(f"attacks must be names or attack objects, got {type(a).__name__}")
+        if label in seen:
+            raise ConfigError(f"attack '{label}' is listed twice (give objects distinct registry_name)")
+        seen.add(label)
+        out.append((label, obj))
+    return out
+
+
+def _check_adv(label: str, x_adv, x, eps: float, norm: str) -> None:
+    # A point outside the threat model would understate robustness; refuse it rather than clip it.
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+        raise AttnGuardError(f"attack '{label}' returned {getattr(x_adv, 'shape', type(x_adv).__name__)}, "
+                             f"expected a tensor of shape {list(x.shape)}")
+    d = (x_adv.detach() - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    worst, lo, hi = float(size.max()), float(x_adv.min()), float(x_adv.max())
+    if worst > eps + BALL_TOL or lo < -BALL_TOL or hi > 1 + BALL_TOL:
+        raise AttnGuardError(f"attack '{label}' left the threat model ({norm} distance {worst:.6g} > eps "
+                             f"{eps:g}, or values outside [0, 1]: [{lo:.4g}, {hi:.4g}]); its accuracy would not count")
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, *, norm: str, batch_size: int,
+                   device, progress: bool = False, desc: str = "eval") -> PerExample:
+    """Clean and per-attack correctness of every example (model already in eval mode, on ``device``)."""
+    n = images.shape[0]
+    clean, per = [], {label: [] for label, _ in attacks}
+    seconds = {label: 0.0 for label, _ in attacks}
+    starts = range(0, n, batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts) * max(1, len(attacks)), desc=desc, unit="batch", leave=False)
+    try:
+        for s in starts:
+            x = images[s:s + batch_size].to(device, non_blocking=True)
+            y = labels[s:s + batch_size].to(device, non_blocking=True)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            clean.append(ok.cpu())
+            for label, attack in attacks:
+                _sync(device)
+                t0 = time.perf_counter()
+                x_adv = attack(model, x, y)
+                with torch.no_grad():
+                    adv_ok = model(x_adv).argmax(1) == y
+                _sync(device)
+                seconds[label] += time.perf_counter() - t0
+                _check_adv(label, x_adv, x, eps, norm)
+                per[label].append((ok & adv_ok).cpu())
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None and not attacks:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return PerExample(clean=torch.cat(clean), attacks={k: torch.cat(v) for k, v in per.items()}, seconds=seconds,
+                      black_box={label: is_black_box(a, label) for label, a in attacks},
+                      named={label: getattr(a, "registry_name", None) == label for label, a in attacks})
+
+
+def _frac(t: torch.Tensor) -> float:
+    return float(t.float().mean())
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attacks, eps: float,
+             sanity: bool = False, *, batch_size: int = 256, device=None, seed: int = 0, progress: bool = True,
+             dataset: Optional[str] = None, model_name: Optional[str] = None, norm: str = "linf",
+             sanity_examples: int = 200, return_per_example: bool = False
+             ) -> Union[dict, Tuple[dict, PerExample]]:
+    """Clean, per-attack and worst-case accuracy of ``model`` on ``images`` ([0, 1] floats) and ``labels``.
+
+    Args:
+        attacks: names (``build_attack``: ``fgsm``, ``pgd-20``, ``autoattack``...) and/or attack
+            objects (``attack(model, x, y) -> x_adv``) whose eps and norm match the evaluation's.
+        eps, norm: the threat model; named attacks are built with it, and every adversarial batch
+            is checked to lie in the ball and in [0, 1].
+        sanity: run the Carlini et al. (2019) checks of :mod:`attnguard.evaluate.sanity` on the
+            first ``sanity_examples`` examples.
+        device: where batches go (default: the model's device); the model is moved there.
+        seed: seeds named attacks and the random state inside the evaluation (restored after).
+        return_per_example: also return the :class:`PerExample` correctness.
+
+    Returns:
+        ``{"dataset", "model", "eps", "norm", "n_examples", "clean", "attacks": {name: acc},
+        "worst_case", "seconds": {name: s}, "sanity": [{"check", "status", "detail"}]}``, with
+        accuracies as fractions in [0, 1]. The model's train/eval flags are restored on return.
+    """
+    eps = check_eps(eps, norm)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if device is None:
+        device = model_device(model)
+    else:
+        model.to(device)
+    n, num_classes = check_inputs(model, images, labels)
+    resolved = resolve_attacks(attacks, eps, norm=norm, seed=seed, num_classes=num_classes, device=device)
+    forked = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), eval_mode(model):
+        torch.manual_seed(seed)
+        per = attack_correct(model, resolved, images, labels, eps, norm=norm, batch_size=batch_size,
+                             device=device, progress=progress)
+        checks = []
+        if sanity:
+            from .sanity import run_sanity
+
+            checks = run_sanity(model, images, labels, eps, per, norm=norm, seed=seed, device=device,
+                                batch_size=batch_size, num_classes=num_classes, n_sub=sanity_examples,
+                                progress=progress)
+    result = {
+        "dataset": dataset,
+        "model": model_name or getattr(model, "arch", None) or type(model).__name__,
+        "eps": eps,
+        "norm": norm,
+        "n_examples": int(n),
+        "clean": _frac(per.clean),
+        "attacks": {k: _frac(v) for k, v in per.attacks.items()},
+        "worst_case": _frac(per.robust),
+        "seconds": {k: round(v, 4) for k, v in per.seconds.items()},
+        "sanity": checks,
+    }
+    return (result, per) if return_per_example else result
