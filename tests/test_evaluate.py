@@ -234,6 +234,22 @@ def test_named_attacks_on_a_trained_model(mnist, trained):
     assert r["model"] == "lenet" and per.black_box == {"fgsm": False, "pgd-10": False}
 
 
+def test_every_attack_family_runs_through_evaluate(tmp_path, mnist, trained):
+    x, y = mnist[0][4000:4030], mnist[1][4000:4030]
+    run = _fake_run(tmp_path, trained)
+    names = ["fgsm", "stepll", "iter-stepll-3", "pgd-3x2", "cw-3", "a3-pgd-3", "square-20", "rays-20",
+             f"transfer:{run}:fgsm"]
+    r, per = evaluate(trained, x, y, names, 0.1, progress=False, return_per_example=True)
+    assert list(r["attacks"]) == names
+    assert all(0 <= v <= r["clean"] for v in r["attacks"].values())
+    assert r["worst_case"] == pytest.approx(per.robust.float().mean().item())
+    assert r["worst_case"] <= min(r["attacks"].values())
+    assert {k for k, b in per.black_box.items() if b} == {"square-20", "rays-20", f"transfer:{run}:fgsm"}
+    # Transferring FGSM from the model itself is FGSM: the black-box attacks find nothing extra here.
+    assert r["attacks"][f"transfer:{run}:fgsm"] == r["attacks"]["fgsm"]
+    assert sanity_mod.check_black_box(per)["status"] in ("pass", "warn")
+
+
 def test_l2_threat_model(mnist, trained):
     x, y = mnist[0][4000:4040], mnist[1][4000:4040]
     r = evaluate(trained, x, y, ["fgsm", "pgd-5"], 1.5, norm="l2", progress=False)  # eps > 1 is fine for L2
@@ -350,7 +366,7 @@ def _fake_run(tmp_path, model):
 
 
 def test_run_eval_on_a_run_dir_and_a_checkpoint(tmp_path, monkeypatch, mnist, trained):
-    import attnguard.evaluate.run as run_mod
+    from attnguard.evaluate import run as run_mod
 
     seen = {}
 
@@ -385,3 +401,16 @@ def test_run_eval_errors(tmp_path, trained):
     run = _fake_run(tmp_path, trained)
     with pytest.raises(ConfigError, match="n_examples"):
         run_eval(run, ["fgsm"], n_examples=0)
+
+
+def test_load_test_examples_from_the_data_module():
+    from attnguard.evaluate import load_test_examples
+
+    data = pytest.importorskip("attnguard.data")
+    if not hasattr(data, "load_dataset"):
+        pytest.skip("attnguard.data.load_dataset is not written yet")
+    x, y = load_test_examples("mnist-5k", None, 12)
+    test = data.load_dataset("mnist-5k").test
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.dtype == torch.int64 and torch.equal(y, test.labels[:12])
+    assert torch.equal((x * 255).round().to(torch.uint8), test.images[:12])  # the FIRST N, divided by 255
