@@ -31,7 +31,8 @@ def _bars(ax, rows, key, title, xlabel):
             if np.isfinite(v):
                 ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(xs, [str(r[key]) for r in rows])
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.3)  # headroom above 1 keeps the legend off the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean IoU")
     ax.set_title(title)
@@ -63,6 +64,7 @@ def plot_analysis(results: dict, arrays: dict, out_dir) -> list:
                     label=[f"{GROUP_LABELS[g]}: mean {v.mean():.3f}" for g, v in groups], rwidth=0.9)
         ax.axvline(0.5, color="#555555", lw=1, ls="--")
         ax.set_xlim(0, 1)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
         ax.set_xlabel("IoU between equal-area attention and ground-truth box (AAD eq. 5)")
         ax.set_ylabel("images")
         ax.set_title("Attention vs ground truth")
