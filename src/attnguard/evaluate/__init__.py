@@ -13,3 +13,13 @@ from .sanity import run_sanity, zero_gradient_mask
 __all__ = ["evaluate", "PerExample", "attack_correct", "check_inputs", "eval_mode", "write_eval", "format_table",
            "to_markdown", "validate_result", "run_eval", "run_config", "load_test_examples", "run_sanity",
            "zero_gradient_mask"]
+
+
+class _CallableModule(type(__import__("sys"))):
+    """``attnguard.evaluate(model, ...)`` calls :func:`evaluate`; the subpackage stays importable."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
