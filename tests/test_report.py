@@ -19,6 +19,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script> & \"quotes\""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_run(path, *, eps=0.3, clean=0.981, attacks=None, sanity=None, metrics=True, gallery=None, analysis=None,
               checkpoint=True, note=EVIL):
     cfg = {"data": {"name": "fake", "root": None}, "model": {"name": "lenet", "width": 0.25},

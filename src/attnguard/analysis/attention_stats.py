@@ -9,7 +9,7 @@ the LIME variant (AAD sec. 3.3), the top-k LIME superpixels of the same class.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

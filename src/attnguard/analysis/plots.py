@@ -68,6 +68,7 @@ def accuracy_vs_iterations(model, images, labels, eps: float, steps: Sequence[in
         ax.plot(steps, c["accuracy"], marker="o", ms=3.5, color=color, label=name)
         ax.axhline(c["clean"], color=color, lw=0.8, ls=":", alpha=0.8)
     ax.set_xlabel("PGD iterations")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Accuracy vs PGD iterations (ε={eps:.4g}, step {alpha:.4g})")

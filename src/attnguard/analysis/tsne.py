@@ -54,6 +54,7 @@ def tsne_features(model, images: torch.Tensor, labels: torch.Tensor, attack, *, 
     whether the model classifies it correctly.
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     device = next(model.parameters()).device
     x, y = images.to(device).float(), labels.to(device).long()
@@ -66,7 +67,10 @@ def tsne_features(model, images: torch.Tensor, labels: torch.Tensor, attack, *, 
         f_adv, l_adv = penultimate_features(model, x_adv)
     feats = torch.cat([f_clean, f_adv]).cpu().numpy().astype(np.float64)
     perp = float(min(perplexity, max(1.0, (2 * n - 1) / 3)))
-    emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(feats)
+    # scikit-learn's OpenMP runtime and torch's fight over the cores (a 100x slowdown seen with two
+    # torch threads); one thread is plenty for a few thousand points
+    with threadpool_limits(1):
+        emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(feats)
     true = np.concatenate([y.cpu().numpy()] * 2)
     is_adv = np.array([False] * n + [True] * n)
     correct = np.concatenate([(l_clean.argmax(1) == y).cpu().numpy(), (l_adv.argmax(1) == y).cpu().numpy()])
