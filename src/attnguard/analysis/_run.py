@@ -127,7 +127,8 @@ def _fallback_attack(name: str, eps: float, seed: int):
     raise UnknownNameError("attack", name, ["fgsm", "pgd-K", "cw-K", "stepll"])
 
 
-def make_attack(attack, eps: float, *, seed: int = 0, num_classes: int = 10) -> Tuple[Callable, str, List[str]]:
+def make_attack(attack, eps: float, *, seed: int = 0, num_classes: int = 10,
+                device="cpu") -> Tuple[Callable, str, List[str]]:
     """``(attack callable, the name actually used, notes)`` from a name or an attack object.
 
     Names go through ``attnguard.attacks.registry.build_attack`` when it exists. StepLL
@@ -142,7 +143,7 @@ def make_attack(attack, eps: float, *, seed: int = 0, num_classes: int = 10) -> 
         build_attack = None
     if build_attack is not None:
         try:
-            return build_attack(name, eps, seed=seed, num_classes=num_classes), name, []
+            return build_attack(name, eps, seed=seed, num_classes=num_classes, device=device), name, []
         except UnknownNameError:
             if name != "stepll":
                 raise

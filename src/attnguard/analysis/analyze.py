@@ -136,7 +136,7 @@ def analyze(run, boxes=None, attack: str = "stepll", n_examples: int = 500, out_
     eps = run_eps(run, eps)
     data = load_test_data(run, n_examples)
     seed = int(cfg_get(cfg, "seed", 0) or 0) if seed is None else int(seed)
-    atk, used, notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes)
+    atk, used, notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)
     n, _, h, w = data.images.shape
     box_source = None
     if boxes is not None:

@@ -127,7 +127,7 @@ def explain(run, attack: str = "pgd-20", n: int = 16, out="gallery.png", eps=Non
     eps = run_eps(run, eps)
     data = load_test_data(run, n)
     seed = int(cfg_get(read_config(run), "seed", 0) or 0)
-    atk, used, _notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes)
+    atk, used, _notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)
     label = f"{used.upper()}, ε={eps:.4g}"
     title = f"{run.name} · {getattr(model, 'arch', type(model).__name__)}"
     return save_gallery(model, data.images, data.labels, atk, data.class_names, out, attack_label=label, title=title)

@@ -101,7 +101,8 @@ def accuracy_vs_eps(model, images, labels, eps_values: Sequence[float], attack="
                 if e == 0:
                     accs.append(_accuracy(m, x, y))
                     continue
-                atk, _, _ = make_attack(attack, e, seed=seed, num_classes=getattr(m, "num_classes", 10))
+                atk, _, _ = make_attack(attack, e, seed=seed, num_classes=getattr(m, "num_classes", 10),
+                                        device=x.device)
                 accs.append(_accuracy(m, attack_all(atk, m, x, y), y))
         curves[name] = accs
     fig = new_figure(5.4, 3.5)
