@@ -94,3 +94,13 @@ def test_our_checkpoints_load_with_weights_only(tmp_path):
     atomic_torch_save(_ckpt(m), tmp_path / "c.pt")
     obj = torch.load(tmp_path / "c.pt", weights_only=True)
     assert obj["format"] == FORMAT
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    p = tmp_path / "eval.json"
+    atomic_write_text(p, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)

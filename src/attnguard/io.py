@@ -23,11 +23,19 @@ FORMAT = "attnguard-checkpoint"
 PathLike = Union[str, os.PathLike]
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp would make it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -63,6 +71,7 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
