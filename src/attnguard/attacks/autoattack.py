@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Attack, project
-from .square import TA_NORMS, resolve_seed, run_torchattack
+from .square import TA_NORMS, check_square_l2_size, resolve_seed, run_torchattack
 
 STANDARD = dict(steps=100, n_queries=5000, n_target_classes=9)
 
@@ -108,6 +108,8 @@ class AutoAttack(Attack):
         if n_out != self.num_classes:
             raise ConfigError(f"AutoAttack was built for num_classes={self.num_classes} but the model has "
                               f"{n_out} outputs")
+        if self.norm == "l2":
+            check_square_l2_size(x.shape)  # fail before an hour of APGD/FAB, not after
         seed = resolve_seed(self.seed)
         x_adv = x.clone()
         robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

@@ -7,11 +7,12 @@ sign directions ``d in {-1, +1}^D`` for the one whose decision boundary is neare
 
 with hierarchical block flipping: at stage ``s`` the flattened image (C*H*W order) is cut into
 ``2^s`` contiguous blocks; each block's signs are flipped in turn and the flip is kept when the
-boundary radius shrinks. A flip is first checked with one query at the current best radius (if
-the flipped direction does not already fool the model there, it cannot be better), and only then
-binary-searched on [0, r_best]. After the last stage (blocks of one coordinate) the search starts
-over at stage 0 from the current best direction (the authors' code instead keeps cycling through
-one-coordinate blocks; the two differ only once every stage has been tried).
+boundary radius shrinks. A flip is first checked with one query at the current best radius (the
+paper's fast check: a direction that does not fool the model there is taken not to improve on the
+best one), and only then binary-searched on [0, r_best]. After the last stage (blocks of one
+coordinate) the search starts over at stage 0 from the current best direction (the authors' code
+instead keeps cycling through one-coordinate blocks; the two differ only once every stage has
+been tried).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class RayS(Attack):
     for an example whose bracket has already converged is computed but neither counted nor used.
 
     An example is successfully attacked when the L-inf distance of its best adversarial point
-    ``clip(x + r d)`` is <= eps; ``early_stop`` stops its search then (the authors' default). The
+    ``clip(x + r d)`` is <= eps; ``early_stop`` stops its search then (which saves queries and
+    leaves the success unchanged, but ``last_radius`` is then not the smallest radius). The
     returned point is ``clip(x + min(r, eps) d)``, inside the ball either way.
 
     Args:

@@ -2,14 +2,17 @@
 
 torchattacks' ``Square`` is the PyTorch implementation of the AutoAttack authors (same
 initialization, square-size schedule ``p``, margin loss and acceptance rule as
-``fra31/auto-attack/autoattack/square.py``). One batch-level detail differs from the paper's
-numpy code: in each iteration the square's position and its per-channel signs are drawn once and
-shared by all examples still being attacked (the paper's code draws them per image). This module
-also holds the glue every torchattacks component in attnguard goes through.
+``fra31/auto-attack/autoattack/square.py``). Two details differ from the paper's own numpy code
+(``max-andr/square-attack``): in each iteration the square's position and its per-channel signs
+are drawn once and shared by all examples still being attacked (the paper's code draws them per
+image), and a draw that would leave an image unchanged is not redrawn (the paper's code redraws
+it). Both affect query efficiency slightly, not what the attack can find. This module also holds
+the glue every torchattacks component in attnguard goes through.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -25,6 +28,24 @@ def resolve_seed(seed: Optional[int]) -> int:
     if seed is None:
         return int(torch.randint(0, 2**31 - 1, ()).item())
     return int(seed)
+
+
+def check_square_l2_size(shape, p_init: float = 0.8) -> None:
+    """Refuse image sizes on which torchattacks' (and the reference's) L2 Square fails.
+
+    The L2 start tiles the image with ``n // (h // 5)`` squares of side ``h // 5`` per axis from
+    offset ``(h - 5 * (h // 5)) // 2``; when the last square does not fit (e.g. 12x12 or 14x14
+    images) the library fails with a shape error. The first random square has side about
+    ``sqrt(p_init * h * w)``, which must fit too (it does not in some non-square images).
+    28x28, 32x32 and 224x224 are fine.
+    """
+    h, w = int(shape[-2]), int(shape[-1])
+    s, start = h // 5, (h - 5 * (h // 5)) // 2
+    first = max(int(round(math.sqrt(p_init * h * w))), 3)
+    first += 1 - first % 2
+    if s < 1 or (s > 1 and (start + (h // s) * s > h or start + (w // s) * s > w)) or first > min(h, w):
+        raise ConfigError(f"the L2 Square attack cannot tile {h}x{w} images (its initialization needs "
+                          f"sizes such as 10, 28, 32 or 224)")
 
 
 def run_torchattack(atk, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,6 +102,9 @@ class Square(Attack):
 
     def perturb(self, model, x, y):
         import torchattacks
+
+        if self.norm == "l2":
+            check_square_l2_size(x.shape, self.p_init)
 
         atk = torchattacks.Square(model, norm=TA_NORMS[self.norm], eps=self.eps, n_queries=self.n_queries,
                                   n_restarts=1, p_init=self.p_init, loss="margin", resc_schedule=True,
