@@ -123,8 +123,10 @@ def test_same_seed_same_result(name, case):
     torch.manual_seed(seed)  # the global stream differs between the calls: only the attack's seed may matter
     a = ATTACKS[name](eps)(model, x, y)
     torch.manual_seed(seed + 1)
+    state = torch.get_rng_state()
     b = ATTACKS[name](eps)(model, x, y)
     assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), state)  # seeded attacks draw from their own generators
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "pgd-targeted"])  # targeted: y are targets
@@ -156,3 +158,23 @@ def test_same_result_inside_no_grad(name):
     ref = ATTACKS[name](0.1)(model, x, y)
     with torch.no_grad():
         assert torch.equal(ATTACKS[name](0.1)(model, x, y), ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_on_the_inputs_device(name):
+    cpu_model = tiny(0).eval()
+    x, y = make_batch(cpu_model, 5, 4, 0.3)
+    model, x, y = cpu_model.cuda(), x.cuda(), y.cuda()
+    SOURCE.cuda()
+    try:
+        cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+        atk = ATTACKS[name](0.1)
+        x_adv = atk(model, x, y)
+        assert x_adv.device == x.device and within_ball(x_adv, x, 0.1, atk.norm)
+        # every attack here is seeded (or deterministic): the global streams stay as they were
+        assert torch.equal(torch.get_rng_state(), cpu_state)
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+    finally:
+        SOURCE.cpu()
