@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 NORMS = ("linf", "l2")
 
 
@@ -64,9 +66,9 @@ class Attack:
     def __init__(self, eps: float, *, norm: str = "linf", skip_misclassified: bool = True,
                  seed: Optional[int] = None):
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
+            raise ConfigError(f"eps must be >= 0, got {eps!r}")
         self.eps = float(eps)
         self.norm = norm
         self.skip_misclassified = skip_misclassified

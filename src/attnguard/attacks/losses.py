@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 
 class LogitLoss:
     name = "logit"
@@ -72,5 +74,5 @@ def make_loss(loss, targeted: bool = False):
             return CrossEntropyLoss(targeted)
         if loss == "cw":
             return CWLoss(targeted)
-        raise ValueError(f"loss must be 'ce' or 'cw' (or a loss object), got {loss!r}")
+        raise ConfigError(f"loss must be 'ce' or 'cw' (or a loss object), got {loss!r}")
     return loss

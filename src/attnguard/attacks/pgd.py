@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
 from .base import Attack, project
 from .losses import make_loss
 
@@ -38,7 +39,7 @@ class PGD(Attack):
                  skip_misclassified: bool = True, seed: Optional[int] = None):
         super().__init__(eps, norm=norm, skip_misclassified=skip_misclassified and not targeted, seed=seed)
         if int(steps) < 1 or int(restarts) < 1:
-            raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
