@@ -129,7 +129,9 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: 
     default) or ``last``.
     """
     from .models import model_from_config
+    from .utils.runtime import pick_device
 
+    device = pick_device(device) if isinstance(device, str) and device.split(":")[0] == "auto" else device
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_safetensors(path, device)

@@ -1,0 +1,132 @@
+"""``BatchLoader``: batches from a split held on the device, augmented on the device.
+
+No DataLoader and no per-example Python: the split's uint8 tensor is moved to the device once,
+each batch is a gather, and augmentation (random crop with 4-pixel zero padding, horizontal
+flip) is done for the whole batch with tensor indexing.
+
+Determinism: the order of an epoch comes from a generator seeded with ``(seed, epoch)``, and
+each example's augmentation from draws made for the whole split at the start of the epoch and
+indexed by the example's position in the split. So a batch depends only on
+``(seed, epoch, batch index)``: a run resumed in the middle of an epoch sees exactly the
+batches an uninterrupted run sees, and with ``world_size`` ranks (torchrun) the union of the
+ranks' batches ``i`` is the single-process batch ``i``, augmentation included.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from .base import AUGMENTS, Split
+
+PAD = 4
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64-style), so nearby epochs get unrelated streams."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def augment_batch(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor, crop: bool,
+                  pad: int = PAD) -> torch.Tensor:
+    """Random crop (zero padding ``pad``, offsets ``dx, dy`` in [0, 2*pad]) and horizontal flip."""
+    b, c, h, w = x.shape
+    if crop:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+        cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+        bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+        ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+        x = xp[bi, ci, rows, cols]
+    if flip is not None:
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+class BatchLoader:
+    """Batches ``(x float32 in [0, 1], y int64)`` on ``device`` from an in-memory :class:`Split`.
+
+    Args:
+        split: the examples.
+        batch_size: examples per batch (per rank).
+        shuffle: a new order every epoch (``set_epoch``).
+        augment: ``"none"``, ``"crop-flip"`` (CIFAR) or ``"crop"`` (SVHN).
+        device: where the split lives and batches are made.
+        seed: seeds order and augmentation together with the epoch.
+        drop_last: drop the last, smaller batch.
+        rank, world_size: torchrun shard (strided slices of one shared permutation, cut to equal
+            length so every rank runs the same number of steps).
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, augment: str = "none",
+                 device="cpu", seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        if augment not in AUGMENTS:
+            raise DataError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} outside world_size {world_size}")
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.n = len(split)
+        self.batch_size = int(batch_size)
+        self.shuffle, self.augment, self.seed = shuffle, augment, int(seed)
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.per_rank = self.n // world_size if world_size > 1 else self.n
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return -(-self.per_rank // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This rank's example indices for ``epoch`` (CPU)."""
+        if self.shuffle:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+        else:
+            perm = torch.arange(self.n)
+        if self.world_size > 1:
+            perm = perm[: self.per_rank * self.world_size][self.rank::self.world_size]
+        return perm
+
+    def _draws(self, epoch: int):
+        if self.augment == "none":
+            return None
+        g = torch.Generator().manual_seed(_mix(self.seed, epoch, 0xA06))
+        off = torch.randint(0, 2 * PAD + 1, (2, self.n), generator=g)
+        flip = torch.rand(self.n, generator=g) < 0.5
+        return off[0].to(self.device), off[1].to(self.device), flip.to(self.device)
+
+    def iter_from(self, start_batch: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start_batch, start_batch + 1, ...`` of the current epoch."""
+        perm = self.order(self.epoch).to(self.device)
+        draws = self._draws(self.epoch)
+        for b in range(start_batch, len(self)):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[idx].float().div_(255.0)
+            if draws is not None:
+                dx, dy, flip = (t[idx] for t in draws)
+                crop = self.augment in ("crop-flip", "crop")
+                x = augment_batch(x, dx, dy, flip if self.augment == "crop-flip" else None, crop)
+            yield x, self.labels[idx]
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
