@@ -243,6 +243,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     if device is None:
         device = model_device(model)
     else:
+        from ..utils.runtime import pick_device
+
+        device = pick_device(device) if isinstance(device, str) else torch.device(device)
         model.to(device)
     n, num_classes = check_inputs(model, images, labels)
     resolved = resolve_attacks(attacks, eps, norm=norm, seed=seed, num_classes=num_classes, device=device)
