@@ -22,18 +22,23 @@ from tqdm.auto import tqdm
 from ..attacks import PGD
 from ..data import BatchLoader, load_dataset, split_holdout
 from ..defenses import build_objective
-from ..errors import AttnGuardError
+from ..errors import AttnGuardError, CheckpointError
 from ..io import FORMAT, atomic_torch_save, safe_load
 from ..models import create_model
-from ..utils.runtime import init_distributed, rng_state, seed_everything, set_rng_state
+from ..utils.runtime import (all_gather_object, init_distributed, on_main, rng_state, seed_everything,
+                             set_rng_state, shutdown_distributed)
 from .config import RunConfig
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
-from .rundir import prepare_run_dir
+from .rundir import check_run_dir, default_run_dir, open_run_dir
+
+EXIT_DIVERGED = 3  # the CLI's exit status when training stops on a NaN/inf loss (bad input is 2)
 
 
 class TrainingDiverged(AttnGuardError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss became NaN or inf; training stopped and the last good checkpoint is kept unchanged."""
+
+    exit_code = EXIT_DIVERGED
 
 
 def _switch(value: str, device: torch.device) -> bool:
@@ -50,16 +55,18 @@ def _amp_dtype(cfg: RunConfig, device: torch.device):
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, echo=print):
         self.cfg = cfg
-        self.echo = echo
         self.dist, self.device = init_distributed(cfg.train.device)
+        self.echo = echo if self.dist.is_main else (lambda *a, **k: None)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed + self.dist.rank)
-        self.run = prepare_run_dir(cfg, resume, self.dist.is_main)
+        # Rank 0 names the run (the default name has a timestamp) and checks it; every rank gets
+        # the same path, or the same error. Nothing is written until all checks have passed.
+        self.run = Path(on_main(lambda: str(_checked_run_dir(cfg, resume)), self.dist))
         self.resume = resume
         self.log = MetricsLog(self.run / "metrics.jsonl" if self.dist.is_main else None)
 
-        ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+        ds = _load_dataset(cfg, self.dist)
         self.info = ds.info
         n_val = min(cfg.data.val_size, len(ds.train.labels) // 5)
         self.train_split, self.val_split = split_holdout(ds.train, n_val, cfg.seed)
@@ -73,13 +80,14 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # DDP broadcasts rank 0's initial weights; gradients are averaged over ranks in backward
             self.net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if _switch(cfg.train.compile, self.device):
             self.net = torch.compile(self.net)
         self.objective = build_objective(cfg.defense, cfg.adversary)
         if cfg.train.batch_size % self.dist.world_size:
             raise AttnGuardError(f"train.batch_size {cfg.train.batch_size} must divide by the number of "
-                                 f"processes ({self.dist.world_size})")
+                                 f"processes ({self.dist.world_size}): it is the global batch")
         data_device = self.device if _switch(cfg.train.gpu_resident, self.device) or self.device.type == "cpu" else "cpu"
         self.loader = BatchLoader(self.train_split, cfg.train.batch_size // self.dist.world_size, shuffle=True,
                                   augment=ds.info.augment, device=data_device, seed=cfg.seed, drop_last=True,
@@ -98,36 +106,59 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, -1.0
         self.running = Running(self.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        if resume:
-            self._load(self.run / "checkpoints" / "last.pt")
+        state = self._load(self.run / "checkpoints" / "last.pt") if resume else None
+        on_main(lambda: open_run_dir(self.run, cfg, resume), self.dist)
+        if state is not None:
+            self.log.truncate(lines=state.get("metrics_lines"), step=self.step)
+            self.echo(f"resumed {self.run} at epoch {self.epoch + 1}, step {self.step}")
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _state(self) -> dict:
+    def _state(self, rngs: list) -> dict:
         return {
             "format": FORMAT, "version": 1, "model_config": self.model.config,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_robust": self.best,
-            "rng": rng_state(), "running": self.running.state_dict(), "config": self.cfg.to_dict(),
+            "rng": rngs[0], "rng_ranks": rngs, "running": self.running.state_dict(),
+            "metrics_lines": self.log.lines, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
         }
 
-    def _save(self, name: str) -> None:
-        if self.dist.is_main:
-            atomic_torch_save(self._state(), self.run / "checkpoints" / f"{name}.pt")
+    def _save(self, *names: str) -> None:
+        """Write checkpoints ``names`` (rank 0; atomic). Collective: every rank's RNG state goes in."""
+        rngs = all_gather_object(rng_state(), self.dist)
 
-    def _load(self, path: Path) -> None:
-        s = safe_load(path, map_location="cpu")
-        self.model.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["optimizer"])
-        self.sched.load_state_dict(s["scheduler"])
-        if self.scaler and s.get("scaler"):
-            self.scaler.load_state_dict(s["scaler"])
-        self.epoch, self.batch, self.step, self.best = s["epoch"], s["batch"], s["step"], s["best_robust"]
-        set_rng_state(s["rng"])
-        self.running.load_state_dict(s["running"])
-        self.log.truncate_after(self.step)
-        self.echo(f"resumed {self.run} at epoch {self.epoch + 1}, step {self.step}")
+        def write():
+            state = self._state(rngs)
+            for name in names:
+                atomic_torch_save(state, self.run / "checkpoints" / f"{name}.pt")
+
+        on_main(write, self.dist)
+
+    def _load(self, path: Path) -> dict:
+        """Restore everything a bitwise resume needs; returns the checkpoint (rank 0 reads it, all ranks get it)."""
+        s = on_main(lambda: safe_load(path, map_location="cpu"), self.dist)
+        try:
+            self.model.load_state_dict(s["model"])
+            self.opt.load_state_dict(s["optimizer"])
+            self.sched.load_state_dict(s["scheduler"])
+            if self.scaler and s.get("scaler"):
+                self.scaler.load_state_dict(s["scaler"])
+            self.epoch, self.batch, self.step, self.best = (int(s["epoch"]), int(s["batch"]), int(s["step"]),
+                                                            float(s["best_robust"]))
+            self.running.load_state_dict(s["running"])
+            rngs = s.get("rng_ranks") or [s["rng"]]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path} does not fit this run's config (model, optimizer or format "
+                                  f"differ): {first}") from None
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:  # another number of processes: fresh, distinct streams (the run is no longer bitwise-reproducible)
+            seed_everything((self.cfg.seed + 7919 * (self.step + 1) + self.dist.rank) % 2**63)
+            self.echo(f"note: {path} was written by {len(rngs)} process(es), this run has "
+                      f"{self.dist.world_size}; random streams are reseeded")
+        return s
 
     # -- one step ----------------------------------------------------------------------------
     def _autocast(self):
@@ -161,17 +192,21 @@ class Trainer:
         self.running.add({"loss": loss.detach(), **parts})
 
     def _flush(self, t0: float, bar=None) -> None:
-        """One host sync: NaN check, reduce across ranks, log a line."""
+        """One host sync: NaN check, reduce across ranks, log a line (nothing to do without new steps)."""
+        if self.running.steps == 0:
+            return
         if self.dist.enabled:
             import torch.distributed as dist
 
             dist.all_reduce(self.bad_step, op=dist.ReduceOp.MAX)
         bad = int(self.bad_step)
         if bad >= 0:
+            last = self.run / "checkpoints" / "last.pt"
+            kept = (f"the last good checkpoint {last} is kept unchanged" if last.is_file()
+                    else "no checkpoint had been written yet")
             raise TrainingDiverged(
-                f"loss became NaN or inf at epoch {self.epoch + 1}, step {bad}; training stopped. The last "
-                f"good checkpoint is {self.run / 'checkpoints' / 'last.pt'} (lower the learning rate, or "
-                "try train.amp=off)")
+                f"loss became NaN or inf at epoch {self.epoch + 1}, step {bad}; training stopped and {kept} "
+                "(lower the learning rate, set optim.grad_clip, or try train.amp=off)")
         self.running.reduce(self.dist.enabled)
         stats = self.running.mean()
         self.running = Running(self.device)
@@ -183,10 +218,21 @@ class Trainer:
 
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> dict:
-        """Clean and PGD-k accuracy on the held-out slice, in eval mode (rank 0's view)."""
+        """Clean and PGD-k accuracy on the held-out slice, in eval mode (rank 0's view).
+
+        The global RNG is restored afterwards, so the training trajectory does not depend on
+        whether or how validation runs (the PGD here has its own seeded generator anyway).
+        """
         n = len(self.val_split.labels)
         if n == 0:
             return {}
+        saved = rng_state()
+        try:
+            return self._validate(n)
+        finally:
+            set_rng_state(saved)
+
+    def _validate(self, n: int) -> dict:
         adv = self.cfg.adversary
         k = self.cfg.train.val_steps
         attack = PGD(adv.eps, alpha=max(adv.step_size, 2.5 * adv.eps / k), steps=k, norm=adv.norm,
@@ -208,7 +254,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Path:
         cfg = self.cfg
-        if self.dist.is_main and not self.resume:
+        if not self.resume:
             self.echo(f"run directory: {self.run}")
         t0 = time.time()
         while self.epoch < cfg.train.epochs and self.step < self.total_steps:
@@ -223,10 +269,10 @@ class Trainer:
                 self.batch += 1
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.train.log_every == 0:
-                    self._flush(t0, bar)
-                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
-                    self._flush(t0, bar)
+                checkpoint = bool(cfg.train.checkpoint_every) and self.step % cfg.train.checkpoint_every == 0
+                if checkpoint or self.step % cfg.train.log_every == 0:
+                    self._flush(t0, bar)  # before a checkpoint: a NaN step must never be saved
+                if checkpoint:
                     self._save("last")
                 if self.step >= self.total_steps:
                     break
@@ -235,28 +281,48 @@ class Trainer:
             self._flush(t0)
             self.epoch += 1
             self.batch = 0
-            val = self.validate() if self.dist.is_main else {}
+            # rank 0 validates while the others wait; all ranks get the result (same best on every rank)
+            val = on_main(self.validate, self.dist)
             if val:
                 self.log.write({"epoch": self.epoch, "step": self.step, "split": "val",
                                 "seconds": round(time.time() - t0, 3), **val})
                 self.echo(f"epoch {self.epoch}: val clean {val['acc_clean']:.3f}, "
                           f"{val['attack']} {val['acc_adv']:.3f}")
-            improved = bool(val) and val["acc_adv"] > self.best
+            # robust accuracy first, clean accuracy breaks ties (standard training: robust ~0 every epoch)
+            score = val["acc_adv"] + 1e-6 * val["acc_clean"] if val else None
+            improved = bool(val) and score > self.best
             if improved:
-                self.best = val["acc_adv"]
-            self._save("last")
-            if improved or not val:
-                self._save("best")
-            self._barrier()
+                self.best = score
+            self._save("last", *(["best"] if improved or not val else []))
         return self.run
 
-    def _barrier(self):
-        if self.dist.enabled:
-            import torch.distributed as dist
 
-            dist.barrier()
+def _checked_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    check_run_dir(run, resume)
+    return run
+
+
+def _load_dataset(cfg: RunConfig, d):
+    """Rank 0 loads first (a ``--download`` happens once; a bad dataset fails on every rank), then the others."""
+    box = {}
+
+    def load():
+        box["ds"] = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+
+    on_main(load, d)
+    if "ds" not in box:
+        load()
+    return box["ds"]
 
 
 def train(cfg: RunConfig, *, resume: bool = False, echo=print) -> Path:
-    """Train a run end to end and return its directory (evaluation is separate: ``run_final_eval``)."""
-    return Trainer(cfg, resume=resume, echo=echo).fit()
+    """Train a run end to end and return its directory (evaluation is separate: ``run_final_eval``).
+
+    Under torchrun the process group is destroyed on return (or on error), so rank 0 can go on
+    to evaluate alone while the other processes exit.
+    """
+    try:
+        return Trainer(cfg, resume=resume, echo=echo).fit()
+    finally:
+        shutdown_distributed()
