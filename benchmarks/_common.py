@@ -42,8 +42,9 @@ def base_parser(description: str, *, cpu_batch: int, cuda_batch: int, cpu_repeat
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each candidate before timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
-                   help="before measuring, wait (up to 10 min) until the 1-minute load average is below LOAD")
+    p.add_argument("--wait-idle", type=float, default=None, metavar="PCT",
+                   help="before measuring, wait (up to 10 min) until the CPUs were at least PCT%% idle over 5 s "
+                        "(other processes on a shared machine)")
     p.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="markdown file the results are appended to")
     p.add_argument("--no-append", action="store_true", help="print the results only")
     p.set_defaults(_cpu_batch=cpu_batch, _cuda_batch=cuda_batch, _cpu_repeats=cpu_repeats,
@@ -65,17 +66,34 @@ def finish_args(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.wait_load is not None:
-        wait_for_quiet(args.wait_load)
+    if args.wait_idle is not None:
+        wait_for_idle(args.wait_idle)
     return torch.device("cuda" if cuda else "cpu")
 
 
-def wait_for_quiet(max_load: float, timeout_s: float = 600.0, poll_s: float = 10.0) -> None:
-    """Block until the 1-minute load average drops below ``max_load`` (or the timeout passes)."""
+def idle_share(sample_s: float = 5.0) -> Optional[float]:
+    """Fraction of CPU time spent idle over ``sample_s`` seconds (None where /proc/stat is missing)."""
+    a = cpu_ticks()
+    time.sleep(sample_s)
+    b = cpu_ticks()
+    if not a or not b:
+        return None
+    d = [y - x for x, y in zip(a, b)]
+    return (d[3] + d[4]) / sum(d) if sum(d) > 0 else None
+
+
+def wait_for_idle(min_idle_pct: float, timeout_s: float = 600.0) -> None:
+    """Block until the machine was at least ``min_idle_pct`` % idle over a 5 s sample (or the timeout passes)."""
     t0 = time.time()
-    while os.getloadavg()[0] >= max_load and time.time() - t0 < timeout_s:
-        print(f"load {os.getloadavg()[0]:.2f} >= {max_load}; waiting ...", file=sys.stderr, flush=True)
-        time.sleep(poll_s)
+    while True:
+        idle = idle_share()
+        if idle is None or idle * 100 >= min_idle_pct:
+            return
+        if time.time() - t0 > timeout_s:
+            print(f"still busy after {timeout_s:.0f} s ({idle:.0%} idle); measuring anyway", file=sys.stderr)
+            return
+        print(f"CPUs {idle:.0%} idle < {min_idle_pct:g}%; waiting ...", file=sys.stderr, flush=True)
+        time.sleep(5)
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -139,7 +157,23 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine(device: torch.device) -> Dict[str, str]:
+def cpu_ticks() -> Optional[List[int]]:
+    """Aggregate CPU tick counters from /proc/stat (user, nice, system, idle, iowait, irq, softirq, steal)."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def steal_share(before: Optional[List[int]], after: Optional[List[int]]) -> Optional[float]:
+    """Fraction of CPU time the hypervisor gave to other guests between two snapshots (noise indicator)."""
+    if not before or not after:
+        return None
+    d = [a - b for a, b in zip(after, before)]
+    return d[7] / sum(d) if sum(d) > 0 else None
+
+
+def machine(device: torch.device) -> Dict[str, object]:
     info = {
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
@@ -149,6 +183,7 @@ def machine(device: torch.device) -> Dict[str, str]:
         "device": "cpu",
         "load avg (1/5/15 min)": "/".join(f"{v:.2f}" for v in os.getloadavg()),
         "commit": git_commit(),
+        "_ticks": cpu_ticks(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -191,13 +226,17 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(title: str, device: torch.device, sections: Sequence[str], args: argparse.Namespace,
-           machine_before: Optional[Dict[str, str]] = None) -> str:
+           machine_before: Optional[Dict[str, object]] = None) -> str:
     """Print the result block and append it to ``args.doc`` (unless ``--no-append``); returns the markdown."""
     after = machine(device)
     info = dict(machine_before or after)
     if machine_before is not None:
         info["load avg (1/5/15 min)"] = (f"{machine_before['load avg (1/5/15 min)']} at start, "
                                          f"{after['load avg (1/5/15 min)']} at end")
+        steal = steal_share(machine_before["_ticks"], after["_ticks"])
+        if steal is not None:
+            info["CPU steal during run"] = f"{steal:.1%}"
+    info = {k: v for k, v in info.items() if not k.startswith("_")}
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [f"### {title} ({date})", "", "```", command_line(), "```", "",
           "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".", ""]

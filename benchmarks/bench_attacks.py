@@ -33,7 +33,7 @@ MODELS = {
 
 
 def main(argv=None) -> str:
-    p = C.base_parser(__doc__.splitlines()[0], cpu_batch=32, cuda_batch=512)
+    p = C.base_parser(__doc__.splitlines()[0], cpu_batch=32, cuda_batch=512, cpu_repeats=5)
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--steps", type=int, default=10, help="PGD iterations")
     args = p.parse_args(argv)

@@ -84,7 +84,7 @@ def bench_model(label, model, shape, args, device):
 
 
 def main(argv=None) -> str:
-    p = C.base_parser(__doc__.splitlines()[0], cpu_batch=32, cuda_batch=32)
+    p = C.base_parser(__doc__.splitlines()[0], cpu_batch=32, cuda_batch=32, cpu_repeats=5)
     p.add_argument("--no-imagenet", action="store_true", help="skip the 224x224 ImageNet-stem ResNet-18")
     args = p.parse_args(argv)
     device = C.finish_args(args)
