@@ -53,7 +53,7 @@ def eval_table(names: Sequence[str], evals: Sequence[Optional[dict]]) -> str:
 
 def sanity_table(checks) -> str:
     if not checks:
-        return note("No sanity checks recorded (run `attnguard evaluate --sanity`).")
+        return note("No sanity checks recorded (run `attnguard eval --sanity`).")
     rows = []
     for c in checks:
         c = c if isinstance(c, dict) else {"check": str(c)}
