@@ -28,7 +28,7 @@ def eval_rows(evals: Sequence[Optional[dict]]) -> List[tuple]:
 def eval_table(names: Sequence[str], evals: Sequence[Optional[dict]]) -> str:
     """Accuracy table, rows = clean / attacks / worst case, columns = runs; the best value per row in bold."""
     if not any(evals):
-        return note("No run has an eval.json yet (run `attnguard evaluate`).")
+        return note("No run has an eval.json yet (run `attnguard eval RUN`).")
     body = []
     for label, values, total in eval_rows(evals):
         finite = [v for v in values if _finite(v)]
