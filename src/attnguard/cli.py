@@ -1,11 +1,14 @@
 """The ``attnguard`` command line: a thin layer over the library.
 
-Every user error (bad name, value, file or flag) prints one line and exits with code 2.
+Exit status: 0 success; 2 bad input (a bad name, value, file or flag: one line on stderr, no
+traceback); 3 training diverged (the loss became NaN or inf; the last good checkpoint is kept);
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import List, Optional
 
@@ -19,7 +22,13 @@ EPILOG = """examples:
   attnguard analyze runs/RUN --boxes boxes.csv
   attnguard report runs/RUN_A runs/RUN_B --out report.html
   attnguard list defenses
+  torchrun --nproc-per-node 4 -m attnguard train --config FILE   # DDP, see docs/DISTRIBUTED.md
+
+exit status: 0 ok, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss;
+the last good checkpoint is kept), 130 interrupted
 """
+
+EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +46,9 @@ def _comma_list(text: str) -> List[str]:
     return items
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _parse_set(values: Optional[List[str]]) -> dict:
     import yaml
 
@@ -51,6 +63,8 @@ def _parse_set(values: Optional[List[str]]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         set_path(out, key.strip(), value)
     return out
 
@@ -207,7 +221,10 @@ def cmd_analyze(args) -> int:
 
     result = analyze(args.run, boxes=args.boxes, attack=args.attack, n_examples=args.n_examples,
                      out_dir=args.out, device=args.device)
-    print(result.get("summary", "analysis written") if isinstance(result, dict) else result)
+    from .analysis.summary import summary_text
+
+    print(summary_text(result))
+    print(f"wrote {args.out or str(args.run).rstrip('/') + '/analysis'}/analysis.json")
     return 0
 
 
@@ -248,14 +265,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AttnGuardError as e:
-        print(f"attnguard {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"attnguard {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        from .utils.runtime import ReplicaError
+
+        if not isinstance(e, ReplicaError):  # under torchrun, rank 0 prints the message once
+            print(f"attnguard {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_BAD_INPUT)
+    except OSError as e:  # a missing, unreadable or unwritable path given by the user; a full disk
+        print(f"attnguard {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,19 +26,40 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-{slug(data)}-{slug(cfg.model.name)}-{slug(cfg.defense.preset)}"
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool, is_main: bool) -> Path:
-    """Create (or, with ``resume``, reopen) the run directory and write config.yaml."""
-    run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+def check_run_dir(run: Path, resume: bool) -> None:
+    """Refuse to start over a run with checkpoints (without ``resume``), or to resume one without."""
     ckpt = run / "checkpoints" / "last.pt"
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file, not a run directory")
     if resume:
         if not ckpt.is_file():
             raise ConfigError(f"--resume: {run} has no checkpoints/last.pt to resume from")
     elif (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")):
         raise ConfigError(f"{run} already holds a run with checkpoints; pass --resume to continue it, "
                           "or choose another --out")
+
+
+def open_run_dir(run: Path, cfg: RunConfig, resume: bool) -> None:
+    """Create the run directory, write config.yaml, and remove what a killed run left behind.
+
+    Called on rank 0 only, after everything that can fail on bad input has been checked, so a
+    refused invocation changes no file. A fresh run starts an empty ``metrics.jsonl`` (a run
+    killed before its first checkpoint may have left lines); a resumed run truncates it itself.
+    """
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for tmp in (run / "checkpoints").glob(".*.tmp"):  # torn atomic writes of a SIGKILLed run
+        tmp.unlink(missing_ok=True)
+    if not resume:
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_text(run / "config.yaml", dump_config(cfg))
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, is_main: bool) -> Path:
+    """Check and open the run directory in one go (single-process use)."""
+    run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    check_run_dir(run, resume)
     if is_main:
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", dump_config(cfg))
+        open_run_dir(run, cfg, resume)
     return run
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import AttnGuardError, ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -46,7 +46,8 @@ def rng_state() -> dict:
         "numpy": _np_state_to_dict(np.random.get_state()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's device only: reading every device's state would open a context on each GPU
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -55,7 +56,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(_py_state_from_list(state["python"]))
     np.random.set_state(_np_state_from_dict(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state["cuda"], (list, tuple)):  # older checkpoints: one state per device
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 def _py_state_to_list(s):
@@ -95,19 +99,103 @@ class Dist:
         return self.rank == 0
 
 
+_OWNS_GROUP = False  # whether init_distributed created the process group (then shutdown destroys it)
+
+
+def _env_int(name: str, default: str) -> int:
+    raw = os.environ.get(name, default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the process group torchrun set up (env RANK/WORLD_SIZE), or run single-process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group torchrun set up (env RANK/WORLD_SIZE), or run single-process.
+
+    CUDA devices use NCCL with one GPU per process (``LOCAL_RANK``); the CPU uses gloo.
+    """
+    global _OWNS_GROUP
+    world = _env_int("WORLD_SIZE", "1")
     if world <= 1:
         return Dist(), pick_device(device_name)
     import torch.distributed as dist
 
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    rank = _env_int("RANK", "0")
+    local = _env_int("LOCAL_RANK", str(rank))
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK {rank} is outside WORLD_SIZE {world}")
     device = pick_device(device_name)
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) on this "
+                              "node; use --nproc-per-node <= the number of GPUs")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
+    elif device.type == "mps":
+        raise ConfigError("distributed training needs CUDA (nccl) or the CPU (gloo), not mps")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _OWNS_GROUP = True
     return Dist(rank, world, local), device
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if :func:`init_distributed` created it (a no-op otherwise)."""
+    global _OWNS_GROUP
+    if not _OWNS_GROUP:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNS_GROUP = False
+
+
+def broadcast_object(obj, d: Dist):
+    """Rank 0's ``obj`` on every rank (``obj`` itself when single-process)."""
+    if not d.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(obj, d: Dist) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` single-process)."""
+    if not d.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class ReplicaError(AttnGuardError):
+    """An error raised on rank 0, re-raised on the other ranks (the CLI prints it on rank 0 only)."""
+
+
+def on_main(fn, d: Dist):
+    """Run ``fn()`` on rank 0 only and return its result on every rank.
+
+    If ``fn`` raises on rank 0, rank 0 re-raises it and every other rank raises a
+    :class:`ReplicaError` with the same message, instead of waiting forever at the next collective.
+    """
+    if not d.enabled:
+        return fn()
+    result, failure, error = None, None, None
+    if d.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below on every rank
+            error = e
+            failure = str(e) if isinstance(e, AttnGuardError) else f"{type(e).__name__} on rank 0: {e}"
+    result, failure = broadcast_object((result, failure), d)
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise ReplicaError(failure)
+    return result

@@ -1,0 +1,129 @@
+"""Crash resume: a real ``attnguard train`` subprocess is SIGKILLed mid-epoch and resumed with
+``--resume``; the final weights and every metrics.jsonl line (but "seconds") must equal those
+of an uninterrupted run bitwise (CPU, ``train.deterministic=true``, one thread).
+
+The run: LeNet width 0.25 on mnist-5k, madry+aad (PGD-2, Grad-CAM double backward), batch 100
+(38 steps per epoch), 2 epochs cut at step 48, a checkpoint every 5 steps and a metrics line
+every step. Kill 1 lands in epoch 1 after the step-10 checkpoint, kill 2 in epoch 2 after the
+step-40 checkpoint, so the resumes cross the epoch end (validation, best.pt, loader epoch).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ARGS = ["--dataset", "mnist-5k", "--model", "lenet", "--set", "model.width=0.25", "--epochs", "2",
+        "--batch-size", "100", "--set", "train.max_steps=48", "--set", "data.val_size=200",
+        "--set", "train.val_steps=2", "--set", "adversary.steps=2", "--set", "train.checkpoint_every=5",
+        "--set", "train.log_every=1", "--set", "train.deterministic=true", "--set", "train.progress=false",
+        "--device", "cpu", "--no-eval", "--seed", "3"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "attnguard", "train", *ARGS, "--out", str(out), *extra],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
+    return out
+
+
+def _last_step(metrics):
+    if not metrics.exists():
+        return 0
+    steps = []
+    for line in metrics.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            pass
+    return max(steps, default=0)
+
+
+def _kill_after(proc, metrics, step, timeout=240):
+    """SIGKILL ``proc`` once metrics.jsonl shows ``step`` (it must still be running then)."""
+    deadline = time.monotonic() + timeout
+    while _last_step(metrics) < step:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before step {step}: " \
+                                    f"{proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    return _last_step(metrics)
+
+
+def _records(run):
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("seconds")
+        out.append(rec)
+    return out
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("resume") / "ref"
+    _finish(_train(run))
+    return run
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path):
+    run = tmp_path / "killed"
+    metrics = run / "metrics.jsonl"
+    killed_at = _kill_after(_train(run), metrics, 12)
+    assert killed_at < 38, "kill 1 should land in epoch 1"
+    ckpt = _weights(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 0 and 10 <= ckpt["step"] < killed_at + 1 and ckpt["batch"] == ckpt["step"]
+    assert _last_step(metrics) > ckpt["step"], "lines after the checkpoint exist, so truncation is exercised"
+
+    proc = _train(run, "--resume")
+    killed_at = _kill_after(proc, metrics, 42)
+    assert 38 < killed_at < 48, "kill 2 should land in epoch 2"
+    ckpt = _weights(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] >= 40 and ckpt["batch"] == ckpt["step"] - 38
+
+    out = _finish(_train(run, "--resume"))
+    assert "resumed" in out
+
+    assert _records(run) == _records(reference)
+    for name in ("last", "best"):
+        got, want = _weights(run / "checkpoints" / f"{name}.pt"), _weights(reference / "checkpoints" / f"{name}.pt")
+        assert got["step"] == want["step"] and got["best_robust"] == want["best_robust"]
+        assert got["model"].keys() == want["model"].keys()
+        for k in want["model"]:
+            assert torch.equal(got["model"][k], want["model"][k]), f"{name}.pt: {k} differs"
+        for a, b in zip(got["optimizer"]["state"].values(), want["optimizer"]["state"].values()):
+            for k in b:
+                assert torch.equal(a[k], b[k]), f"{name}.pt optimizer state {k} differs"
+        assert got["scheduler"] == want["scheduler"]
+        assert torch.equal(got["rng"]["torch"], want["rng"]["torch"])
+    assert not list((run / "checkpoints").glob(".*.tmp")), "temp files of the killed writes were cleaned up"
+
+
+def test_resuming_a_finished_run_changes_nothing_but_config(reference, tmp_path):
+    """``--resume`` of a finished run trains no step: the weights and the metrics stay as they were."""
+    import shutil
+
+    run = tmp_path / "done"
+    shutil.copytree(reference, run)
+    before = (run / "metrics.jsonl").read_text()
+    _finish(_train(run, "--resume"))
+    assert (run / "metrics.jsonl").read_text() == before
+    got, want = _weights(run / "checkpoints" / "last.pt"), _weights(reference / "checkpoints" / "last.pt")
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
