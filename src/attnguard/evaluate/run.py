@@ -69,6 +69,7 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
     Returns the evaluation dict (see :func:`attnguard.evaluate.evaluate`).
     """
     from ..io import load_model
+    from ..utils.machine import describe_machine
 
     target = Path(target)
     n_examples = check_range("n_examples", n_examples, 1, integer=True)
@@ -82,11 +83,21 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
         eps = _get(config, "adversary", "eps")
         if eps is None:
             raise ConfigError(f"the run config of {target} has no adversary.eps; pass eps explicitly")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..utils.runtime import pick_device
+
+    device = pick_device(device or "auto") if not isinstance(device, torch.device) else device
     model = load_model(target, device=device)
     images, labels = load_test_examples(dataset, _get(config, "data", "root"), n_examples)
     name = f"{target.name} ({model.arch})" if target.is_dir() else f"{target.stem} ({model.arch})"
-    result = evaluate(model, images, labels, attacks, eps, sanity, batch_size=batch_size, device=device,
-                      seed=seed, progress=progress, dataset=dataset, model_name=name)
+    result, per = evaluate(model, images, labels, attacks, eps, sanity, batch_size=batch_size, device=device,
+                           seed=seed, progress=progress, dataset=dataset, model_name=name, return_per_example=True)
+    # per-example outcomes let later evaluations of the same examples be merged into one worst case
+    result["per_example"] = {"clean": bits(per.clean), "attacks": {k: bits(v) for k, v in per.attacks.items()}}
+    result["system"] = describe_machine(device)
     write_eval(result, out if out is not None else (target if target.is_dir() else target.parent))
     return result
+
+
+def bits(mask: torch.Tensor) -> str:
+    """A bool tensor as a string of '0'/'1' (compact, readable JSON)."""
+    return "".join("1" if v else "0" for v in mask.tolist())

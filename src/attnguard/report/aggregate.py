@@ -1,0 +1,101 @@
+"""Tables of several runs: mean and standard deviation over seeds, one row per method.
+
+Runs are grouped by (dataset, model, defense, eps). Each run contributes every ``eval*.json``
+in its directory; their per-example outcomes (written by ``attnguard eval``) are merged so that
+the worst case covers every attack of every file, on the examples they all evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import yaml
+
+from ..errors import AttnGuardError
+
+ORDER = ["clean", "fgsm", "stepll", "pgd-7", "pgd-10", "pgd-20", "pgd-40", "pgd-100", "cw-10", "cw-20", "cw-30",
+         "cw-40", "cw-100", "autoattack", "rays", "square", "a3-pgd-20"]
+
+
+def run_summary(run) -> dict:
+    """Accuracies (fractions) of one run, its worst case over all its evaluations, time and machine."""
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise AttnGuardError(f"{run} is not a run directory (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    files = sorted(run.glob("eval*.json"))
+    if not files:
+        raise AttnGuardError(f"{run} has no eval.json; run `attnguard eval {run}` first")
+    acc: Dict[str, float] = {}
+    n_of: Dict[str, int] = {}
+    masks: List[str] = []
+    file_worst = []
+    system = None
+    for f in files:
+        e = json.loads(f.read_text())
+        system = system or e.get("system")
+        if "clean" not in acc or f.name == "eval.json":
+            acc["clean"], n_of["clean"] = e["clean"], e["n_examples"]
+        for name, a in e["attacks"].items():
+            if name not in acc or e["n_examples"] > n_of[name]:
+                acc[name], n_of[name] = a, e["n_examples"]
+        file_worst.append((e["worst_case"], e["n_examples"]))
+        per = e.get("per_example")
+        if per:
+            masks.append(per["clean"])
+            masks.extend(per["attacks"].values())
+    worst, n_worst = None, 0
+    if masks:
+        n_worst = min(len(m) for m in masks)
+        worst = sum(all(m[i] == "1" for m in masks) for i in range(n_worst)) / n_worst
+    else:  # evaluations without per-example outcomes: the lowest of their own worst cases
+        worst, n_worst = min(file_worst)
+    seconds = None
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        lines = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+        seconds = max((l.get("seconds", 0) for l in lines), default=None)
+    return {"run": str(run), "dataset": cfg.get("data", {}).get("name"), "model": cfg.get("model", {}).get("name"),
+            "defense": cfg.get("defense", {}).get("preset"), "eps": cfg.get("adversary", {}).get("eps"),
+            "seed": cfg.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+            "train_seconds": seconds, "system": system}
+
+
+def _ms(values: Sequence[float], scale: float = 100.0) -> str:
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def aggregate_markdown(runs: Sequence) -> str:
+    """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds."""
+    summaries = [run_summary(r) for r in runs]
+    groups: Dict[tuple, List[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["dataset"], s["model"], s["defense"], round(s["eps"] or 0, 6)), []).append(s)
+    names = {n for s in summaries for n in s["acc"]}
+    cols = [n for n in ORDER if n in names] + sorted(names - set(ORDER))
+    head = ["dataset", "model", "defense", "eps", "seeds"] + cols + ["worst case", "train time (s, incl. validation)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ds, model, defense, eps), members in groups.items():
+        row = [str(ds), str(model), f"`{defense}`", f"{eps:.4g}", str(len(members))]
+        row += [_ms([m["acc"].get(c) for m in members]) for c in cols]
+        row.append(_ms([m["worst_case"] for m in members]))
+        row.append(_ms([m["train_seconds"] for m in members], scale=1.0))
+        lines.append("| " + " | ".join(row) + " |")
+    ns = sorted({f"{c}: {s['n'][c]}" for s in summaries for c in s["n"]})
+    worst_n = sorted({s["n_worst"] for s in summaries})
+    systems = sorted({json.dumps(s["system"], sort_keys=True) for s in summaries if s["system"]})
+    notes = [f"Accuracy in % (mean ± sample std over seeds). Examples per column: {', '.join(ns)}; "
+             f"the worst case is per example over every attack, on the first {worst_n} test examples."]
+    from ..utils.machine import machine_line
+
+    notes += [f"Evaluated on: {machine_line(json.loads(s))}" for s in systems]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

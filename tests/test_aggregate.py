@@ -1,0 +1,44 @@
+import json
+
+import yaml
+
+from attnguard.report.aggregate import aggregate_markdown, run_summary
+
+
+def _run(tmp_path, name, seed, clean_bits, attacks, extra=None):
+    d = tmp_path / name
+    d.mkdir()
+    cfg = {"data": {"name": "mnist-5k"}, "model": {"name": "lenet"}, "defense": {"preset": "madry"},
+           "adversary": {"eps": 0.3}, "seed": seed}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "seconds": 10.0 * (seed + 1)}) + "\n")
+
+    def ev(bits_clean, atks):
+        n = len(bits_clean)
+        acc = {k: v.count("1") / n for k, v in atks.items()}
+        return {"dataset": "mnist-5k", "model": "m", "eps": 0.3, "n_examples": n, "clean": bits_clean.count("1") / n,
+                "attacks": acc, "worst_case": min(acc.values()), "seconds": {k: 1.0 for k in atks}, "sanity": [],
+                "per_example": {"clean": bits_clean, "attacks": atks}}
+
+    (d / "eval.json").write_text(json.dumps(ev(clean_bits, attacks)))
+    if extra:
+        (d / "eval-aa.json").write_text(json.dumps(ev(clean_bits[: len(extra["autoattack"])], extra)))
+    return d
+
+
+def test_worst_case_merges_every_evaluation_file(tmp_path):
+    # pgd fools example 1; autoattack (on the first 3 examples only) fools example 2
+    d = _run(tmp_path, "a", 0, "1111", {"pgd-20": "1011"}, extra={"autoattack": "110"})
+    s = run_summary(d)
+    assert s["acc"]["pgd-20"] == 0.75 and s["acc"]["autoattack"] == 2 / 3
+    # common examples 0..2: robust to both only example 0 -> 1/3
+    assert s["n_worst"] == 3 and abs(s["worst_case"] - 1 / 3) < 1e-12
+
+
+def test_mean_and_sample_std_over_seeds(tmp_path):
+    a = _run(tmp_path, "s0", 0, "1111", {"pgd-20": "1100"})  # 50 %
+    b = _run(tmp_path, "s1", 1, "1111", {"pgd-20": "1110"})  # 75 %
+    table = aggregate_markdown([a, b])
+    row = [l for l in table.splitlines() if "`madry`" in l][0]
+    # mean 62.5, sample std of (50, 75) = 17.7; train time mean of 10 and 20 s
+    assert "62.5 ± 17.7" in row and "| 2 |" in row and "15.0 ± 7.1" in row
