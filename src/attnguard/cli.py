@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="one self-contained HTML report of one or more runs")
     r.add_argument("runs", nargs="+", metavar="RUN")
-    r.add_argument("--out", default="report.html")
+    r.add_argument("--out", default=None, help="HTML file (default report.html unless only --markdown is given)")
+    r.add_argument("--markdown", metavar="FILE", help="also write a markdown table: mean ± std over seeds, "
+                   "one row per dataset/model/defense/eps")
 
     x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
     x2.add_argument("run", metavar="RUN")
@@ -229,10 +231,19 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    if args.markdown:
+        from .io import atomic_write_text
+        from .report.aggregate import aggregate_markdown
 
-    path = build_report(args.runs, out=args.out)
-    print(f"wrote {path}")
+        table = aggregate_markdown(args.runs)
+        atomic_write_text(args.markdown, table)
+        print(table)
+        print(f"wrote {args.markdown}")
+    if args.out or not args.markdown:
+        from .report import build_report
+
+        path = build_report(args.runs, out=args.out or "report.html")
+        print(f"wrote {path}")
     return 0
 
 
