@@ -87,36 +87,51 @@ def generate_boxes(n: int, size: int = 32, seed: int = 0, *, num_lines: int = 3,
     all_masks = _shape_masks(xx - cx, yy - cy, r, vertical)  # [K, N, H, W]
     obj = all_masks[labels, torch.arange(n)]  # [N, H, W]
 
-    # Colours: the background is the object colour shifted by 0.35-0.65 per channel (mod 1),
-    # so the two always differ by at least 0.35 in every channel.
-    obj_col = _uniform(g, n, 3, 1, 1)
-    bg_col = (obj_col + _uniform(g, n, 3, 1, 1, low=0.35, high=0.65)) % 1.0
-    img = bg_col.expand(n, 3, size, size).clone()
+    # Clutter and object are painted as layer ids into one int map, then coloured with a
+    # single gather: layer 0 = background, then lines, blobs, and the object on top.
+    # Painted by scattering into a flat map with one spare slot (index H*W) that swallows
+    # pixels falling outside the image; one scatter per layer so later layers win.
+    hw = size * size
+    layer = torch.zeros(n, hw + 1, dtype=torch.long)
 
-    # Line segments (thickness ~1 px) in random colours.
+    def paint(px, py, keep, value):  # px, py: integer pixel coordinates [N, P]
+        keep = keep & (px >= 0) & (px < size) & (py >= 0) & (py < size)
+        layer.scatter_(1, torch.where(keep, py * size + px, hw), value)
+
+    # Line segments (~1 px thick): 2*size samples along each segment, rounded to pixels.
     p = _uniform(g, n, num_lines, 4, high=float(size))
-    ax_, ay_, bx, by = (p[..., i].view(n, num_lines, 1, 1) for i in range(4))
-    vx, vy = bx - ax_, by - ay_
-    t = (((xx - ax_) * vx + (yy - ay_) * vy) / (vx * vx + vy * vy).clamp_min(1e-6)).clamp(0, 1)
-    dist2 = (xx - ax_ - t * vx) ** 2 + (yy - ay_ - t * vy) ** 2
-    line_col = _uniform(g, n, num_lines, 3, 1, 1)
-    for j in range(num_lines):  # a handful of layers, each vectorized over the batch
-        img = torch.where((dist2[:, j] <= 0.36).unsqueeze(1), line_col[:, j], img)
+    s = torch.linspace(0, 1, 2 * size)
+    for j in range(num_lines):
+        ax_, ay_, bx, by = (p[:, j, i:i + 1] for i in range(4))
+        px = (ax_ + s * (bx - ax_)).floor().long()
+        py = (ay_ + s * (by - ay_)).floor().long()
+        paint(px, py, torch.ones_like(px, dtype=torch.bool), 1 + j)
 
-    # Distractor blobs: small random ellipses (semi-axes 0.8-2.2 px), far smaller than objects.
+    # Distractor blobs: small ellipses (semi-axes 0.8-2.2 px), far smaller than any object,
+    # rasterized in a 7x7 window around each centre.
     bc = _uniform(g, n, num_blobs, 2, high=float(size))
     bax = _uniform(g, n, num_blobs, 2, low=0.8, high=2.2)
-    bdx = (xx - bc[..., 0].view(n, num_blobs, 1, 1)) / bax[..., 0].view(n, num_blobs, 1, 1)
-    bdy = (yy - bc[..., 1].view(n, num_blobs, 1, 1)) / bax[..., 1].view(n, num_blobs, 1, 1)
-    blob = bdx * bdx + bdy * bdy <= 1.0
-    blob_col = _uniform(g, n, num_blobs, 3, 1, 1)
+    off = torch.arange(-3, 4)
+    wy, wx = off.repeat_interleave(7), off.repeat(7)  # [49]
     for j in range(num_blobs):
-        img = torch.where(blob[:, j].unsqueeze(1), blob_col[:, j], img)
+        px = bc[:, j, 0:1].floor().long() + wx
+        py = bc[:, j, 1:2].floor().long() + wy
+        ex = (px + 0.5 - bc[:, j, 0:1]) / bax[:, j, 0:1]
+        ey = (py + 0.5 - bc[:, j, 1:2]) / bax[:, j, 1:2]
+        paint(px, py, ex * ex + ey * ey <= 1.0, 1 + num_lines + j)
+    layer = layer[:, :hw].view(n, size, size)
+    n_layers = 2 + num_lines + num_blobs
+    layer.masked_fill_(obj, n_layers - 1)
 
-    # The object on top, then pixel noise over everything.
-    img = torch.where(obj.unsqueeze(1), obj_col, img)
+    # Colours: the background is the object colour shifted by 0.35-0.65 per channel (mod 1),
+    # so the two always differ by at least 0.35 in every channel; clutter colours are random.
+    obj_col = _uniform(g, n, 1, 3)
+    bg_col = (obj_col + _uniform(g, n, 1, 3, low=0.35, high=0.65)) % 1.0
+    palette = torch.cat([bg_col, _uniform(g, n, num_lines + num_blobs, 3), obj_col], 1)  # [N, L, 3]
+    img = torch.gather(palette, 1, layer.view(n, -1, 1).expand(-1, -1, 3))  # [N, H*W, 3]
+    img = img.transpose(1, 2).reshape(n, 3, size, size)
     img = img + noise * torch.randn(n, 3, size, size, generator=g)
-    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    images = img.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return Split(images, labels, _boxes_from_masks(obj), obj.to(torch.uint8))
 
 
