@@ -203,6 +203,11 @@ def _print_table(table) -> None:
 def cmd_eval(args) -> int:
     from .evaluate import format_table, run_eval
 
+    if args.out is not None:  # a bad --out must fail before the (possibly hours-long) evaluation, not after
+        from .evaluate.report import _paths
+
+        _paths(args.out)
+
     result = run_eval(args.target, args.attacks or ["fgsm", "pgd-20", "cw-20"], eps=args.eps,
                       n_examples=args.n_examples, sanity=args.sanity, out=args.out, device=args.device,
                       batch_size=args.batch_size, seed=args.seed)

@@ -94,16 +94,26 @@ def safe_load(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()
-        detail = msg[0] if msg else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        text = str(e)
+        if "Unsupported global" in text or "GLOBAL " in text:  # a pickle that wants to import a callable
             raise CheckpointError(f"{path} is not a safe checkpoint: it holds Python objects that "
                                   "torch.load(weights_only=True) refuses to run; it was not loaded") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file): "
-                              f"{detail[:200]}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (empty, truncated or not a torch file): "
+                              f"{_load_error_detail(e)}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an attnguard checkpoint (no '{FORMAT}' header)")
     return obj
+
+
+def _load_error_detail(e: Exception) -> str:
+    """The informative part of a torch.load error, on one line (its weights-only preamble dropped)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+        text = text.split("Check the documentation", 1)[0]
+    text = " ".join(text.split())
+    return (text or type(e).__name__)[:200]
 
 
 def resolve_checkpoint(path: PathLike, which: str = "best") -> Path:
@@ -151,7 +161,11 @@ def export_safetensors(model, path: PathLike) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "model_config": json.dumps(model.config)}
+    cfg = model.config
+    # model_config rebuilds the model; the flat keys let other tools read the essentials (strings only)
+    meta = {"format": FORMAT, "model_config": json.dumps(cfg), "model": str(cfg.get("arch", "")),
+            "num_classes": str(cfg.get("num_classes", "")), "input_size": json.dumps(cfg.get("input_size")),
+            "mean": json.dumps(cfg.get("mean")), "std": json.dumps(cfg.get("std"))}
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
