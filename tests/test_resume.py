@@ -127,3 +127,60 @@ def test_resuming_a_finished_run_changes_nothing_but_config(reference, tmp_path)
     assert (run / "metrics.jsonl").read_text() == before
     got, want = _weights(run / "checkpoints" / "last.pt"), _weights(reference / "checkpoints" / "last.pt")
     assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+
+
+def test_crash_after_validation_before_epoch_end_save(tmp_path, monkeypatch):
+    """In-process: the last step is also a checkpoint step, the val line is written, then the process dies
+    before the epoch-end save. The resume must validate again and write best.pt, with no duplicated line."""
+    from attnguard.train import trainer as T
+    from attnguard.train.config import resolve_config
+
+    def cfg(out):
+        return resolve_config(None, {
+            "model": {"width": 0.25}, "data": {"val_size": 100},
+            "adversary": {"steps": 1}, "out": str(out),
+            "train": {"epochs": 1, "batch_size": 100, "max_steps": 4, "checkpoint_every": 4, "log_every": 2,
+                      "val_steps": 1, "progress": False, "device": "cpu"}})
+
+    ref = T.train(cfg(tmp_path / "ref"))
+
+    real_save = T.Trainer._save
+
+    def dying_save(self, *names):
+        if "best" in names:
+            raise KeyboardInterrupt("simulated kill after validation")
+        real_save(self, *names)
+
+    monkeypatch.setattr(T.Trainer, "_save", dying_save)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg(run))
+    monkeypatch.undo()
+    assert [json.loads(l)["split"] for l in (run / "metrics.jsonl").read_text().splitlines()] == \
+        ["train", "train", "val"]
+    assert not (run / "checkpoints" / "best.pt").exists()
+
+    T.Trainer(cfg(run), resume=True).fit()
+    assert _records(run) == _records(ref)
+    for name in ("last", "best"):
+        got, want = _weights(run / "checkpoints" / f"{name}.pt"), _weights(ref / "checkpoints" / f"{name}.pt")
+        assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+        assert got["best_robust"] == want["best_robust"] and got["step"] == want["step"] == 4
+
+
+def test_validation_leaves_the_global_rng_alone(tmp_path, monkeypatch):
+    from attnguard.attacks import PGD
+    from attnguard.train import trainer as T
+    from attnguard.train.config import resolve_config
+
+    class GlobalRngPGD(PGD):  # even a validation attack drawing from the global RNG must not shift training
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "seed": None})
+
+    monkeypatch.setattr(T, "PGD", GlobalRngPGD)
+    cfg = resolve_config(None, {"model": {"width": 0.25}, "data": {"val_size": 50}, "out": str(tmp_path / "r"),
+                                "train": {"val_steps": 2, "progress": False, "device": "cpu"}})
+    t = T.Trainer(cfg)
+    state = torch.get_rng_state()
+    assert t.validate()["n"] == 50
+    assert torch.equal(torch.get_rng_state(), state)

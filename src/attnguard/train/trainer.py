@@ -257,13 +257,17 @@ class Trainer:
         if not self.resume:
             self.echo(f"run directory: {self.run}")
         t0 = time.time()
-        while self.epoch < cfg.train.epochs and self.step < self.total_steps:
+        # batch > 0: a checkpoint from inside an epoch whose end (validation, best.pt) is still to do,
+        # even when its step was the last one
+        while self.epoch < cfg.train.epochs and (self.step < self.total_steps or self.batch > 0):
             self.loader.set_epoch(self.epoch)
             bar = None
             if cfg.train.progress and self.dist.is_main:
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch, unit="batch", dynamic_ncols=True,
                            desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=True)
             for x, y in self.loader.iter_from(self.batch):
+                if self.step >= self.total_steps:
+                    break
                 self.train_step(x, y)
                 self.step += 1
                 self.batch += 1
@@ -274,8 +278,6 @@ class Trainer:
                     self._flush(t0, bar)  # before a checkpoint: a NaN step must never be saved
                 if checkpoint:
                     self._save("last")
-                if self.step >= self.total_steps:
-                    break
             if bar is not None:
                 bar.close()
             self._flush(t0)

@@ -1,0 +1,131 @@
+"""CLI smoke test: listings, help, a tiny real ``attnguard train`` and the files it writes,
+``attnguard eval`` on it, and ``attnguard export`` (safetensors read back by ``load_model``)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import attnguard
+from attnguard.cli import main
+from attnguard.evaluate.report import KEYS
+from attnguard.train.config import resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "lenet", "--set", "model.width=0.25", "--epochs", "1", "--set", "train.max_steps=10",
+        "--set", "data.val_size=100", "--set", "train.val_steps=2", "--set", "adversary.steps=2",
+        "--set", "eval.n_examples=100", "--set", "train.log_every=4", "--set", "train.progress=false",
+        "--device", "cpu", "--seed", "5"]
+
+
+def _main(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("what,expect", [
+    ("datasets", ["mnist-5k", "cifar10", "imagefolder:<dir>", "parquet:<dir>"]),
+    ("models", ["lenet", "small-cnn", "resnet9"]),
+    ("defenses", ["madry", "madry+aad", "alp+aad", "at+alp", "trades", "afm"]),
+    ("regularizers", ["aad", "at", "afm"]),
+    ("attacks", ["fgsm", "pgd", "autoattack"]),
+    ("configs", ["configs/aad/cifar10-resnet9-madry+aad.yaml"]),
+])
+def test_list(capsys, monkeypatch, what, expect):
+    monkeypatch.chdir(REPO)
+    assert main(["list", what]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) >= len(expect)
+    names = {l.split()[0] for l in lines}
+    for name in expect:
+        assert any(n == name or n.startswith(name) for n in names), (name, out)
+    assert all(len(l.split(None, 1)) == 2 for l in lines), "every entry has a description"
+
+
+def test_help_reads_well(capsys):
+    assert _main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "eval", "explain", "analyze", "report", "export", "list"):
+        assert cmd in out
+    assert "exit status" in out and "3 training diverged" in out and "torchrun" in out
+    assert _main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--config", "--dataset", "--model", "--defense", "--epochs", "--eps", "--resume", "--set",
+                 "--out", "--no-eval"):
+        assert flag in out
+    assert _main(["--version"]) == 0
+    assert attnguard.__version__ in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_the_documented_files(run):
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
+                                                      "metrics.jsonl"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # config.yaml: the full resolved config, which resolves to itself
+    cfg = resolve_config(str(run / "config.yaml"))
+    assert cfg.model.width == 0.25 and cfg.train.max_steps == 10 and cfg.seed == 5
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    # metrics.jsonl: train lines every log_every steps (and at the end), then one val line per epoch
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in recs] == [("train", 4), ("train", 8), ("train", 10), ("val", 10)]
+    for r in recs[:-1]:
+        assert {"epoch", "step", "split", "lr", "seconds", "loss", "ce", "acc_clean", "acc_adv",
+                "aad_rect", "aad_pres"} <= r.keys()
+        assert all(isinstance(v, float) for k, v in r.items() if k not in ("epoch", "step", "split"))
+    assert {"epoch", "step", "split", "seconds", "acc_clean", "acc_adv", "n", "attack"} <= recs[-1].keys()
+    assert recs[-1]["n"] == 100 and recs[-1]["attack"] == "pgd-2"
+    # checkpoints
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["format"] == "attnguard-checkpoint" and ck["step"] == 10 and ck["epoch"] == 1
+    assert {"model", "model_config", "optimizer", "scheduler", "rng", "config", "best_robust"} <= ck.keys()
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_robust"] == pytest.approx(recs[-1]["acc_adv"], abs=1e-5)  # clean accuracy breaks ties
+    # eval.json / eval.md
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(KEYS) <= ev.keys()
+    assert ev["n_examples"] == 100 and ev["eps"] == 0.3 and list(ev["attacks"]) == ["fgsm", "pgd-20", "cw-20"]
+    assert 0 <= ev["worst_case"] <= min(ev["attacks"].values()) <= ev["clean"] <= 1
+    md = (run / "eval.md").read_text()
+    assert md.startswith("# Robustness evaluation") and "worst case" in md
+
+
+def test_eval_writes_out(run, tmp_path, capsys):
+    out = tmp_path / "ev.json"
+    assert main(["eval", str(run), "--attacks", "fgsm,pgd-5", "--n-examples", "50", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert "pgd-5" in capsys.readouterr().out
+    ev = json.loads(out.read_text())
+    assert list(ev["attacks"]) == ["fgsm", "pgd-5"] and ev["n_examples"] == 50
+    assert (tmp_path / "ev.md").is_file()
+
+
+def test_export_safetensors(run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "attnguard-checkpoint" and meta["model"] == "lenet" and meta["num_classes"] == "10"
+    mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    assert len(mean) == len(std) == 1 and 0.1 < mean[0] < 0.2 and 0.25 < std[0] < 0.35  # MNIST statistics
+    back = attnguard.load_model(out)
+    ref = attnguard.load_model(run)
+    assert not back.training and back.arch == "lenet" and back.num_classes == 10
+    assert back.config == ref.config
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(back(x), ref(x))
+    assert main(["export", str(run), "--out", str(tmp_path / "last.safetensors"), "--which", "last"]) == 0
