@@ -14,7 +14,7 @@ ranks' batches ``i`` is the single-process batch ``i``, augmentation included.
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,20 +34,26 @@ def _mix(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def augment_batch(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor, crop: bool,
+def augment_batch(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: Optional[torch.Tensor], crop: bool,
                   pad: int = PAD) -> torch.Tensor:
-    """Random crop (zero padding ``pad``, offsets ``dx, dy`` in [0, 2*pad]) and horizontal flip."""
+    """Random crop (zero padding ``pad``, offsets ``dx, dy`` in [0, 2*pad]) and horizontal flip.
+
+    Output pixel ``(i, j)`` of example ``b`` is padded pixel ``(dy + i, dx + j)``, or
+    ``(dy + i, dx + w - 1 - j)`` when ``flip[b]`` (crop, then mirror). Both are folded into one
+    flat index per example and done with a single ``gather``, for any dtype.
+    """
     b, c, h, w = x.shape
-    if crop:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-        cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-        bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-        ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        x = xp[bi, ci, rows, cols]
+    p = pad if crop else 0
+    src = F.pad(x, (p, p, p, p)) if p else x
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    cols = ar_w.expand(b, w)
     if flip is not None:
-        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
-    return x
+        cols = torch.where(flip.view(b, 1), w - 1 - ar_w, ar_w)
+    rows = ar_h.expand(b, h)
+    if p:
+        rows, cols = rows + dy.view(b, 1), cols + dx.view(b, 1)
+    index = (rows.unsqueeze(2) * (w + 2 * p) + cols.unsqueeze(1)).view(b, 1, h * w)
+    return src.reshape(b, c, -1).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
 class BatchLoader:
