@@ -7,7 +7,7 @@ train split is 150 MB), so a whole split can be moved to the GPU once and batche
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -151,7 +151,3 @@ def split_holdout(split: Split, n_val: int, seed: int = 0) -> Tuple[Split, Split
     val = perm[:n_val].sort().values
     train = perm[n_val:].sort().values
     return split.subset(train), split.subset(val)
-
-
-def with_name(info: DatasetInfo, name: str) -> DatasetInfo:
-    return replace(info, name=name)
