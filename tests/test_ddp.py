@@ -31,10 +31,13 @@ ARGS = ["--dataset", "mnist-5k", "--model", "lenet", "--defense", "madry+aad", "
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _run(cmd, cwd, timeout=300):
-    """Run ``cmd`` in its own session; on a timeout kill the whole group (torchrun's workers too)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _start(cmd, cwd):
+    # own session: on a timeout the whole group (torchrun and its workers) is killed
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+def _wait(proc, timeout=300):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -42,19 +45,24 @@ def _run(cmd, cwd, timeout=300):
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    from attnguard.cli import main
+
     root = tmp_path_factory.mktemp("ddp")
     # no --out under torchrun: rank 0's timestamped name must reach rank 1
-    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "attnguard", "train", *ARGS], cwd=root)
+    ddp = _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                  "-m", "attnguard", "train", *ARGS], cwd=root)
+    try:  # the single-process reference runs in this process meanwhile
+        assert main(["train", *ARGS, "--out", str(root / "single")]) == 0
+    finally:
+        ddp = _wait(ddp)
     made = list((root / "runs").iterdir())
     assert len(made) == 1, f"ranks disagreed on the run directory: {made}"
-    single = _run([sys.executable, "-m", "attnguard", "train", *ARGS, "--out", "single"], cwd=root)
-    return made[0], root / "single", ddp, single
+    return made[0], root / "single", ddp
 
 
 def _records(run, split):
@@ -62,7 +70,7 @@ def _records(run, split):
 
 
 def test_ddp_matches_single_process(runs):
-    ddp, single, _, _ = runs
+    ddp, single, _ = runs
     a = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
     assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 12
@@ -82,7 +90,7 @@ def test_ddp_matches_single_process(runs):
 
 
 def test_only_rank0_writes_and_evaluates(runs):
-    ddp, _, proc, _ = runs
+    ddp, _, proc = runs
     assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
                                                       "metrics.jsonl"]
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

@@ -2,14 +2,17 @@
 ``--resume``; the final weights and every metrics.jsonl line (but "seconds") must equal those
 of an uninterrupted run bitwise (CPU, ``train.deterministic=true``, one thread).
 
-The run: LeNet width 0.25 on mnist-5k, madry+aad (PGD-2, Grad-CAM double backward), batch 100
-(38 steps per epoch), 2 epochs cut at step 48, a checkpoint every 5 steps and a metrics line
-every step. Kill 1 lands in epoch 1 after the step-10 checkpoint, kill 2 in epoch 2 after the
-step-40 checkpoint, so the resumes cross the epoch end (validation, best.pt, loader epoch).
+The run: LeNet width 0.25 on mnist-5k, madry+aad (PGD-2 with random start, Grad-CAM double
+backward), batch 100 over 3,200 training digits (32 steps per epoch), 2 epochs cut at step 40,
+a checkpoint every 5 steps and a metrics line every step. The fast test kills once in epoch 2
+after the step-35 checkpoint (so epoch, best.pt score, loader epoch and the RNG mid-epoch all
+come from the checkpoint); the slow one also kills in epoch 1 after the step-10 checkpoint, so
+a resumed process crosses the epoch end. The reference run goes in parallel with the killed one.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +22,11 @@ import pytest
 import torch
 
 ARGS = ["--dataset", "mnist-5k", "--model", "lenet", "--set", "model.width=0.25", "--epochs", "2",
-        "--batch-size", "100", "--set", "train.max_steps=48", "--set", "data.val_size=200",
+        "--batch-size", "100", "--set", "train.max_steps=40", "--set", "data.val_size=800",
         "--set", "train.val_steps=2", "--set", "adversary.steps=2", "--set", "train.checkpoint_every=5",
         "--set", "train.log_every=1", "--set", "train.deterministic=true", "--set", "train.progress=false",
         "--device", "cpu", "--no-eval", "--seed", "3"]
+STEPS_PER_EPOCH = 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -76,31 +80,29 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class _Reference:
+    """The uninterrupted run, started at once and waited for only when a test compares with it."""
+
+    def __init__(self, run):
+        self.run, self.proc = run, _train(run)
+
+    def get(self):
+        if self.proc is not None:
+            _finish(self.proc)
+            self.proc = None
+        return self.run
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    run = tmp_path_factory.mktemp("resume") / "ref"
-    _finish(_train(run))
-    return run
+    ref = _Reference(tmp_path_factory.mktemp("resume") / "ref")
+    yield ref
+    if ref.proc is not None and ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.wait()
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path):
-    run = tmp_path / "killed"
-    metrics = run / "metrics.jsonl"
-    killed_at = _kill_after(_train(run), metrics, 12)
-    assert killed_at < 38, "kill 1 should land in epoch 1"
-    ckpt = _weights(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 0 and 10 <= ckpt["step"] < killed_at + 1 and ckpt["batch"] == ckpt["step"]
-    assert _last_step(metrics) > ckpt["step"], "lines after the checkpoint exist, so truncation is exercised"
-
-    proc = _train(run, "--resume")
-    killed_at = _kill_after(proc, metrics, 42)
-    assert 38 < killed_at < 48, "kill 2 should land in epoch 2"
-    ckpt = _weights(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 1 and ckpt["step"] >= 40 and ckpt["batch"] == ckpt["step"] - 38
-
-    out = _finish(_train(run, "--resume"))
-    assert "resumed" in out
-
+def _assert_same_as_reference(run, reference):
     assert _records(run) == _records(reference)
     for name in ("last", "best"):
         got, want = _weights(run / "checkpoints" / f"{name}.pt"), _weights(reference / "checkpoints" / f"{name}.pt")
@@ -113,19 +115,49 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path)
                 assert torch.equal(a[k], b[k]), f"{name}.pt optimizer state {k} differs"
         assert got["scheduler"] == want["scheduler"]
         assert torch.equal(got["rng"]["torch"], want["rng"]["torch"])
-    assert not list((run / "checkpoints").glob(".*.tmp")), "temp files of the killed writes were cleaned up"
+    assert not list((run / "checkpoints").glob(".*.tmp")), "temp files of killed writes were cleaned up"
 
 
-def test_resuming_a_finished_run_changes_nothing_but_config(reference, tmp_path):
+def _kill_in_epoch2(run, proc):
+    killed_at = _kill_after(proc, run / "metrics.jsonl", 37)
+    assert STEPS_PER_EPOCH < killed_at < 40, "the kill should land in epoch 2"
+    ckpt = _weights(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] >= 35 and ckpt["batch"] == ckpt["step"] - STEPS_PER_EPOCH
+    assert ckpt["best_robust"] > 0  # epoch 1 was validated before the kill
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path):
+    run = tmp_path / "killed"
+    _kill_in_epoch2(run, _train(run))
+    # lines for steps after the checkpoint were written: the resume must drop them
+    assert _last_step(run / "metrics.jsonl") > _weights(run / "checkpoints" / "last.pt")["step"]
+    out = _finish(_train(run, "--resume"))
+    assert "resumed" in out
+    _assert_same_as_reference(run, reference.get())
+
+
+@pytest.mark.slow
+def test_two_kills_one_in_each_epoch(reference, tmp_path):
+    run = tmp_path / "killed2"
+    metrics = run / "metrics.jsonl"
+    killed_at = _kill_after(_train(run), metrics, 12)
+    ckpt = _weights(run / "checkpoints" / "last.pt")
+    assert killed_at < STEPS_PER_EPOCH and ckpt["epoch"] == 0 and ckpt["step"] == ckpt["batch"] >= 10
+    assert _last_step(metrics) > ckpt["step"], "lines after the checkpoint exist, so truncation is exercised"
+    _kill_in_epoch2(run, _train(run, "--resume"))
+    _finish(_train(run, "--resume"))
+    _assert_same_as_reference(run, reference.get())
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_changes_nothing(reference, tmp_path):
     """``--resume`` of a finished run trains no step: the weights and the metrics stay as they were."""
-    import shutil
-
     run = tmp_path / "done"
-    shutil.copytree(reference, run)
+    shutil.copytree(reference.get(), run)
     before = (run / "metrics.jsonl").read_text()
     _finish(_train(run, "--resume"))
     assert (run / "metrics.jsonl").read_text() == before
-    got, want = _weights(run / "checkpoints" / "last.pt"), _weights(reference / "checkpoints" / "last.pt")
+    got, want = _weights(run / "checkpoints" / "last.pt"), _weights(reference.get() / "checkpoints" / "last.pt")
     assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
 
 
