@@ -41,6 +41,9 @@ def base_parser(description: str, *, cpu_batch: int, cuda_batch: int, cpu_repeat
                    help=f"timed rounds; the median is reported (default {cpu_repeats} cpu, {cuda_repeats} cuda)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each candidate before timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (time.process_time), which other "
+                        "processes on a shared machine barely disturb; use it with --threads 1 (CPU device only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait-idle", type=float, default=None, metavar="PCT",
                    help="before measuring, wait (up to 10 min) until the CPUs were at least PCT%% idle over 5 s "
@@ -65,6 +68,9 @@ def finish_args(args: argparse.Namespace) -> torch.device:
         raise SystemExit("--batch-size and --repeats must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and cuda:
+        raise SystemExit("--clock cpu measures host CPU time; on CUDA use --clock wall")
+    CLOCK["name"] = args.clock
     torch.manual_seed(args.seed)
     if args.wait_idle is not None:
         wait_for_idle(args.wait_idle)
@@ -97,6 +103,20 @@ def wait_for_idle(min_idle_pct: float, timeout_s: float = 600.0) -> None:
 
 
 # -- timing --------------------------------------------------------------------------------------
+CLOCK = {"name": "wall"}  # set by finish_args; time_interleaved reads it
+
+
+def clock_fn():
+    return time.process_time if CLOCK["name"] == "cpu" else time.perf_counter
+
+
+def clock_note() -> str:
+    if CLOCK["name"] == "cpu":
+        return (f"Clock: process CPU time with {torch.get_num_threads()} torch thread(s) (time.process_time; "
+                "insensitive to other processes sharing the cores; images/s are per CPU-second)")
+    return "Clock: wall time (time.perf_counter)"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -124,13 +144,14 @@ def time_interleaved(candidates: Dict[str, Callable[[], object]], device: torch.
             fn()
         sync(device)
     out = {name: Timing() for name in candidates}
+    now = clock_fn()
     for r in range(repeats):
         for name, fn in candidates.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             sync(device)
-            out[name].seconds.append(time.perf_counter() - t0)
+            out[name].seconds.append(now() - t0)
         if verbose:
             print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n} {t.seconds[-1]:.3f}s" for n, t in out.items()),
                   file=sys.stderr, flush=True)
@@ -242,6 +263,7 @@ def report(title: str, device: torch.device, sections: Sequence[str], args: argp
           "Machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()) + ".", ""]
     for s in sections:
         md += [s.rstrip(), ""]
+    md += [clock_note() + ".", ""]
     text = "\n".join(md)
     print(text)
     if not args.no_append:

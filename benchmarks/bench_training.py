@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -122,11 +121,12 @@ def measure_training(args, device, fast):
 
 
 def timed(fn, device):
+    now = C.clock_fn()
     C.sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     out = fn()
     C.sync(device)
-    return out, time.perf_counter() - t0
+    return out, now() - t0
 
 
 def measure_autoattack(args, device):

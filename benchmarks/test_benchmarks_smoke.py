@@ -79,3 +79,15 @@ def test_timing_helpers():
 
     macs = C.count_macs(create_model("preact-resnet18"), torch.rand(1, 3, 32, 32))
     assert 0.55e9 < macs < 0.57e9
+
+
+def test_cpu_clock_is_reported(tmp_path, monkeypatch):
+    import _common as C
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_attacks.py"])
+    try:
+        text = bench_attacks.main(["--models", "lenet", "--batch-size", "2", "--steps", "1", "--repeats", "1",
+                                   "--warmup", "0", "--clock", "cpu", "--doc", str(tmp_path / "p.md")])
+    finally:
+        C.CLOCK["name"] = "wall"
+    assert "Clock: process CPU time" in text
