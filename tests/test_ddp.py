@@ -37,11 +37,48 @@ def _start(cmd, cwd):
                             start_new_session=True)
 
 
+def _descendants(pid):
+    """PIDs of every process below ``pid`` (Linux /proc); torchrun starts its workers in new sessions,
+    so killing torchrun's process group would leave them running."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_job(proc):
+    """SIGKILL torchrun's workers, then torchrun: the whole job dies at once, as in a node crash."""
+    for pid in _descendants(proc.pid) + [proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _wait(proc, timeout=300):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_job(proc)
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
@@ -101,3 +138,51 @@ def test_only_rank0_writes_and_evaluates(runs):
     assert len(ck["rng_ranks"]) == 2  # each rank's RNG stream is kept for a resume
     assert not torch.equal(ck["rng_ranks"][0]["torch"], ck["rng_ranks"][1]["torch"])
     assert "destroy_process_group" not in proc.stderr  # the process group was shut down cleanly
+
+
+@pytest.mark.slow
+def test_ddp_sigkill_and_resume_is_bitwise(tmp_path):
+    """SIGKILL the whole torchrun job (workers and launcher) after a checkpoint and resume it under torchrun:
+    with each rank's own RNG stream restored (random starts on), it ends bitwise where an uninterrupted
+    2-process run ends. The uninterrupted run goes in parallel."""
+    import time
+
+    i = ARGS.index("adversary.random_start=false")
+    args = ARGS[:i - 1] + ARGS[i + 1:]  # random starts on: each rank draws from its own stream
+    args += ["--set", "train.log_every=1", "--set", "train.checkpoint_every=5", "--set", "train.max_steps=30",
+             "--no-eval"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "attnguard", "train", *args]
+    ref = _start(cmd + ["--out", "ref"], cwd=tmp_path)
+    run = tmp_path / "killed"
+    proc = _start(cmd + ["--out", "killed"], cwd=tmp_path)
+    deadline = time.monotonic() + 240
+
+    def last_step():
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return max((json.loads(l)["step"] for l in lines if l.endswith("}")), default=0)
+
+    while last_step() < 12:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else ""
+        time.sleep(0.005)
+    workers = _descendants(proc.pid)
+    _kill_job(proc)
+    proc.wait()
+    for pid in workers:  # all dead (zombies at most) before anything is read
+        while _alive(pid):
+            time.sleep(0.01)
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert 10 <= ck["step"] < 30 and len(ck["rng_ranks"]) == 2
+    assert ck["step"] <= last_step() < 30  # killed mid-run, lines after the checkpoint to drop
+    resumed = _wait(_start(cmd + ["--out", "killed", "--resume"], cwd=tmp_path))
+    assert resumed.stdout.count("resumed") == 1
+    _wait(ref)
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in path.read_text().splitlines()]
+
+    assert strip(run / "metrics.jsonl") == strip(tmp_path / "ref" / "metrics.jsonl")
+    a = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
