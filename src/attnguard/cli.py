@@ -80,21 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model with a defense (default: the AAD MNIST row on mnist-5k)",
                        description="Train with a defense preset, validate robustly each epoch, then evaluate. "
-                       "Flags override values of --config; --set KEY=VALUE overrides any config key.")
+                       "Flags override values of --config; --set KEY=VALUE overrides any config key. "
+                       "Checkpoints are written at each epoch end (and every train.checkpoint_every steps); "
+                       "a killed run continues with --resume. Exit status 3 when the loss becomes NaN/inf.")
     t.add_argument("--config", metavar="FILE", help="YAML config (see configs/)")
     t.add_argument("--dataset", metavar="D", help="dataset name (attnguard list datasets)")
     t.add_argument("--data-root", metavar="DIR", help="where torchvision datasets live")
     t.add_argument("--download", action="store_true", default=None, help="download a missing torchvision dataset")
     t.add_argument("--model", metavar="M", help="model name (attnguard list models)")
     t.add_argument("--defense", metavar="P", help="defense preset, e.g. madry, alp+aad, at+alp, afm, trades")
-    t.add_argument("--epochs", type=int, metavar="N")
+    t.add_argument("--epochs", type=int, metavar="N", help="passes over the training split")
     t.add_argument("--eps", type=float, metavar="E", help="L-inf radius of the training adversary (and eval)")
-    t.add_argument("--batch-size", type=int, metavar="B")
-    t.add_argument("--lr", type=float, metavar="LR")
-    t.add_argument("--seed", type=int, metavar="S")
+    t.add_argument("--batch-size", type=int, metavar="B", help="global batch (split across torchrun processes)")
+    t.add_argument("--lr", type=float, metavar="LR", help="learning rate (the schedule's peak)")
+    t.add_argument("--seed", type=int, metavar="S", help="seeds init, data order and the adversary")
     t.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N or mps")
     t.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<dataset>-<model>-<defense>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt "
+                   "(same result as an uninterrupted run)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. "
                    "train.amp=off (repeatable)")
     t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
