@@ -129,3 +129,14 @@ def test_export_safetensors(run, tmp_path, capsys):
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(back(x), ref(x))
     assert main(["export", str(run), "--out", str(tmp_path / "last.safetensors"), "--which", "last"]) == 0
+
+
+def test_set_reads_exponent_numbers():
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; ``--set`` takes it as the number it looks like."""
+    from attnguard.cli import _parse_set
+
+    assert _parse_set(["optim.lr=1e-3", "train.epochs=2", "seed=7", "train.amp=off", "eval.attacks=[fgsm]",
+                       "optim.grad_clip=null"]) == {
+        "optim": {"lr": 1e-3, "grad_clip": None}, "train": {"epochs": 2, "amp": "off"}, "seed": 7,
+        "eval": {"attacks": ["fgsm"]}}
+    assert resolve_config(None, _parse_set(["optim.lr=2E-4"])).optim.lr == 2e-4
