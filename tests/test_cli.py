@@ -140,3 +140,7 @@ def test_set_reads_exponent_numbers():
         "optim": {"lr": 1e-3, "grad_clip": None}, "train": {"epochs": 2, "amp": "off"}, "seed": 7,
         "eval": {"attacks": ["fgsm"]}}
     assert resolve_config(None, _parse_set(["optim.lr=2E-4"])).optim.lr == 2e-4
+    # YAML 1.1 would make on/off booleans; the switches take them as words (the help's own example)
+    assert _parse_set(["train.channels_last=on", "train.deterministic=true"]) == {
+        "train": {"channels_last": "on", "deterministic": True}}
+    assert resolve_config(None, _parse_set(["train.amp=off"])).train.amp == "off"
