@@ -42,3 +42,11 @@ def test_mean_and_sample_std_over_seeds(tmp_path):
     row = [l for l in table.splitlines() if "`madry`" in l][0]
     # mean 62.5, sample std of (50, 75) = 17.7; train time mean of 10 and 20 s
     assert "62.5 ± 17.7" in row and "| 2 |" in row and "15.0 ± 7.1" in row
+
+
+def test_train_json_gives_time_and_training_machine(tmp_path):
+    a = _run(tmp_path, "s0", 0, "11", {"pgd-20": "10"})
+    (a / "train.json").write_text(json.dumps({"seconds": 42.0, "system": {
+        "cpu": "TestCPU", "cores": 2, "threads": 1, "torch": "9.9", "device": "cpu"}}))
+    assert run_summary(a)["train_seconds"] == 42.0  # train.json wins over the last metrics line
+    assert "Trained on: TestCPU (2 cores, 1 threads), torch 9.9" in aggregate_markdown([a])

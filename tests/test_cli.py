@@ -11,6 +11,7 @@ import yaml
 import attnguard
 from attnguard.cli import main
 from attnguard.evaluate.report import KEYS
+from attnguard.errors import AttnGuardError
 from attnguard.train.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def run(tmp_path_factory):
 
 def test_train_writes_the_documented_files(run):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
-                                                      "metrics.jsonl"]
+                                                      "metrics.jsonl", "train.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     # config.yaml: the full resolved config, which resolves to itself
     cfg = resolve_config(str(run / "config.yaml"))
@@ -86,6 +87,9 @@ def test_train_writes_the_documented_files(run):
         assert all(isinstance(v, float) for k, v in r.items() if k not in ("epoch", "step", "split"))
     assert {"epoch", "step", "split", "seconds", "acc_clean", "acc_adv", "n", "attack"} <= recs[-1].keys()
     assert recs[-1]["n"] == 100 and recs[-1]["attack"] == "pgd-2"
+    info = json.loads((run / "train.json").read_text())
+    assert info["steps"] == 10 and info["epochs"] == 1 and info["world_size"] == 1 and info["seconds"] > 0
+    assert info["system"]["device"] == "cpu" and info["system"]["torch"] == torch.__version__
     # checkpoints
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["format"] == "attnguard-checkpoint" and ck["step"] == 10 and ck["epoch"] == 1
@@ -144,3 +148,18 @@ def test_set_reads_exponent_numbers():
     assert _parse_set(["train.channels_last=on", "train.deterministic=true"]) == {
         "train": {"channels_last": "on", "deterministic": True}}
     assert resolve_config(None, _parse_set(["train.amp=off"])).train.amp == "off"
+
+
+def test_config_file_reads_yaml11_words_and_exponents(tmp_path):
+    """In a YAML file, ``amp: off`` is a YAML 1.1 boolean and ``lr: 1e-3`` a string; both mean what they look like."""
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  amp: off\n  channels_last: on\n  epochs: 2\noptim:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    cfg = resolve_config(str(f))
+    assert cfg.train.amp == "off" and cfg.train.channels_last == "on" and cfg.train.epochs == 2
+    assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 5e-4
+    f.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(AttnGuardError, match="optim.lr must be a number"):
+        resolve_config(str(f))
+    f.write_text("train:\n  amp: yes\n")
+    with pytest.raises(AttnGuardError, match="train.amp"):
+        resolve_config(str(f))

@@ -129,7 +129,8 @@ def test_ddp_matches_single_process(runs):
 def test_only_rank0_writes_and_evaluates(runs):
     ddp, _, proc = runs
     assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
-                                                      "metrics.jsonl"]
+                                                      "metrics.jsonl", "train.json"]
+    assert json.loads((ddp / "train.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert proc.stdout.count("run directory:") == 1  # rank 0 speaks; rank 1 is quiet
     assert proc.stdout.count("wrote ") == 1  # the final evaluation ran once, on rank 0

@@ -64,8 +64,12 @@ class PGD(Attack):
         n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
         return x_adv + self.alpha * grad / n
 
-    def run_once(self, model, x, y, state, gen):
-        """One restart: returns ``(x_adv, final per-example loss, final logits)``."""
+    def run_once(self, model, x, y, state, gen, score: bool = True):
+        """One restart: returns ``(x_adv, final per-example loss, final logits)``.
+
+        With ``score=False`` the last loss/logits pass is skipped (one forward less per batch)
+        and ``(x_adv, None, None)`` is returned: a single restart has nothing to compare.
+        """
         x_adv = self._start(x, gen)
         for _ in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
@@ -73,6 +77,8 @@ class PGD(Attack):
                 loss, _ = self.loss(model, x_adv, y, state)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             x_adv = project(self._step(x_adv.detach(), grad), x, self.eps, self.norm)
+        if not score:
+            return x_adv.detach(), None, None
         with torch.no_grad():
             loss, logits = self.loss(model, x_adv, y, state)
         return x_adv.detach(), loss.detach(), logits.detach()
@@ -84,7 +90,7 @@ class PGD(Attack):
     def perturb(self, model, x, y):
         gen = self.generator(x.device)
         state = self.loss.setup(model, x, y)
-        best, best_loss, best_logits = self.run_once(model, x, y, state, gen)
+        best, best_loss, best_logits = self.run_once(model, x, y, state, gen, score=self.restarts > 1)
         for _ in range(self.restarts - 1):
             cand, loss, logits = self.run_once(model, x, y, state, gen)
             done = self.success(best_logits, y)

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError, DataError
 from .hooks import LayerRef, forward_with_activations, resolve_layer
 
 
@@ -41,7 +42,7 @@ def _targets(logits: torch.Tensor, target) -> torch.Tensor:
         return torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device)
     target = torch.as_tensor(target, device=logits.device).long()
     if target.shape != (logits.shape[0],):
-        raise ValueError(f"target must hold one class index per example ({logits.shape[0]}), got shape "
+        raise ConfigError(f"target must hold one class index per example ({logits.shape[0]}), got shape "
                          f"{tuple(target.shape)}")
     return target
 
@@ -99,9 +100,12 @@ def grad_cam(
 
     Use :func:`normalize_cam` and :func:`upsample_cam` for display.
     """
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise DataError(f"grad_cam needs images [B, C, H, W], got {shape}")
     fc = closed_form_classifier(model, layer)
     if closed_form is True and fc is None:
-        raise ValueError("closed-form CAM needs an attnguard model whose attention layer feeds GAP + linear")
+        raise ConfigError("closed-form CAM needs an attnguard model whose attention layer feeds GAP + linear")
     if closed_form is False:
         fc = None
     with torch.enable_grad():

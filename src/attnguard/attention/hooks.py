@@ -8,6 +8,8 @@ from typing import Dict, Iterator, List, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 LayerRef = Union[str, nn.Module]
 
 
@@ -16,7 +18,7 @@ def resolve_layer(model: nn.Module, layer: LayerRef | None) -> nn.Module:
     if layer is None:
         name = getattr(model, "attention_layer", None)
         if name is None:
-            raise ValueError("layer is required for models that are not attnguard models "
+            raise ConfigError("layer is required for models that are not attnguard models "
                              "(attnguard models know their attention layer)")
         layer = name
     if isinstance(layer, nn.Module):
@@ -26,7 +28,7 @@ def resolve_layer(model: nn.Module, layer: LayerRef | None) -> nn.Module:
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
         shown = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "")
-        raise ValueError(f"model has no layer '{layer}'; its layers: {shown}") from None
+        raise ConfigError(f"model has no layer '{layer}'; its layers: {shown}") from None
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..errors import AttnGuardError
+from ..errors import AttnGuardError, check_range
 from ..registry import Registry
 from .base import NormalizedModel
 from .cifar import PreActResNet, ResNet9, WideResNet
@@ -82,8 +82,17 @@ def create_model(
     input_size = tuple(input_size or meta["input_size"])
     if len(input_size) != 3:
         raise AttnGuardError(f"input_size must be (C, H, W), got {input_size}")
+    for i, v in enumerate(input_size):
+        check_range(f"input_size[{i}]", v, 1, None, integer=True)
     if num_classes is None:
         num_classes = 1000 if meta.get("pretrainable") else 10
+    check_range("num_classes", num_classes, 1, None, integer=True)
+    if "width" in kwargs:
+        check_range("width", kwargs["width"], 1e-3, None)
+    if "widen_factor" in kwargs:
+        check_range("widen_factor", kwargs["widen_factor"], 1, None, integer=True)
+    if "dropout" in kwargs:
+        check_range("dropout", kwargs["dropout"], 0.0, 1.0)
     if pretrained and not meta.get("pretrainable"):
         raise AttnGuardError(f"model '{name}' has no pretrained weights; models with weights: "
                              + ", ".join(n for n in MODELS.names() if MODELS.entry(n).meta.get("pretrainable")))

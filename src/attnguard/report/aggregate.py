@@ -59,10 +59,15 @@ def run_summary(run) -> dict:
     if metrics.is_file():
         lines = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
         seconds = max((l.get("seconds", 0) for l in lines), default=None)
+    train_info = {}
+    if (run / "train.json").is_file():
+        train_info = json.loads((run / "train.json").read_text())
+        seconds = train_info.get("seconds", seconds)
     return {"run": str(run), "dataset": cfg.get("data", {}).get("name"), "model": cfg.get("model", {}).get("name"),
             "defense": cfg.get("defense", {}).get("preset"), "eps": cfg.get("adversary", {}).get("eps"),
             "seed": cfg.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
-            "train_seconds": seconds, "system": system}
+            "train_seconds": seconds, "system": system,
+            "train_system": train_info.get("system")}
 
 
 def _ms(values: Sequence[float], scale: float = 100.0) -> str:
@@ -97,5 +102,7 @@ def aggregate_markdown(runs: Sequence) -> str:
              f"the worst case is per example over every attack, on the first {worst_n} test examples."]
     from ..utils.machine import machine_line
 
+    trained = sorted({json.dumps(s["train_system"], sort_keys=True) for s in summaries if s.get("train_system")})
+    notes += [f"Trained on: {machine_line(json.loads(s))}" for s in trained]
     notes += [f"Evaluated on: {machine_line(json.loads(s))}" for s in systems]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

@@ -195,6 +195,12 @@ def _check_type(path: str, value, tp):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 1e-3, unlike 1.0e-3, as a string
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -208,6 +214,8 @@ def _check_type(path: str, value, tp):
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off/yes/no as a boolean
+            return "on" if value else "off"
         raise ConfigError(f"{path} must be a string, got {value!r}")
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):

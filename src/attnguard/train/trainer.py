@@ -12,6 +12,7 @@ with the same result as an uninterrupted run (bitwise on the CPU with determinis
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ from ..attacks import PGD
 from ..data import BatchLoader, load_dataset, split_holdout
 from ..defenses import build_objective
 from ..errors import AttnGuardError, CheckpointError
-from ..io import FORMAT, atomic_torch_save, safe_load
+from ..io import FORMAT, atomic_torch_save, atomic_write_text, read_json, safe_load
 from ..models import create_model
 from ..utils.runtime import (all_gather_object, init_distributed, on_main, rng_state, seed_everything,
                              set_rng_state, shutdown_distributed)
@@ -296,7 +297,22 @@ class Trainer:
             if improved:
                 self.best = score
             self._save("last", *(["best"] if improved or not val else []))
+        if self.dist.is_main:
+            self._write_train_info(time.time() - t0)
         return self.run
+
+    def _write_train_info(self, seconds: float) -> None:
+        """``train.json``: where and how long this run trained, for the tables that quote it."""
+        from ..utils.machine import describe_machine
+
+        path = self.run / "train.json"
+        prior = read_json(path) or {}
+        info = {"steps": self.step, "epochs": self.epoch, "world_size": self.dist.world_size,
+                # a resumed run adds its own wall clock to the interrupted one's
+                "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
+                "resumed": bool(self.resume or prior.get("resumed")),
+                "system": describe_machine(self.device)}
+        atomic_write_text(path, json.dumps(info, indent=1) + "\n")
 
 
 def _checked_run_dir(cfg: RunConfig, resume: bool) -> Path:
