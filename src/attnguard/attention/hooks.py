@@ -50,9 +50,14 @@ def capture(model: nn.Module, layers: Sequence[LayerRef]) -> Iterator[Dict[int, 
             h.remove()
 
 
-def forward_with_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[LayerRef]):
-    """``(logits, [activation of each layer])`` from one forward pass."""
-    with capture(model, layers) as store:
+def forward_with_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[LayerRef],
+                             hooked: nn.Module | None = None):
+    """``(logits, [activation of each layer])`` from one forward pass.
+
+    ``hooked`` is the module whose ``layers`` are meant, when ``model`` wraps it (DDP,
+    torch.compile); default ``model`` itself.
+    """
+    with capture(model if hooked is None else hooked, layers) as store:
         logits = model(x)
     acts = []
     for i, layer in enumerate(layers):

@@ -13,22 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import cam_from_activation, capture, closed_form_classifier
+from ..attention import cam_from_activation, closed_form_classifier
+from ..attention.hooks import forward_with_activations
 from .base import unwrap
 from .config import DefenseConfig
 
 
 def _run(caller: nn.Module, net: nn.Module, inputs: torch.Tensor, layers: Sequence[str]):
     """Logits of ``caller(inputs)`` and the outputs of ``layers`` (hooked on ``net``, the inner model)."""
-    with capture(net, list(layers)) as store:
-        logits = caller(inputs)
-    acts = []
-    for i, name in enumerate(layers):
-        if len(store[i]) != 1:
-            raise RuntimeError(f"layer '{name}' ran {len(store[i])} times in one forward pass; "
-                               "attention terms need a layer that runs exactly once")
-        acts.append(store[i][0])
-    return logits, acts
+    return forward_with_activations(caller, inputs, list(layers), hooked=net)
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

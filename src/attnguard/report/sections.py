@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence
 
+from ..analysis._run import cfg_get
 from .html import badge, eps_text, esc, note, num, pct, table, tag
 
 
@@ -120,12 +121,7 @@ def analysis_section(a: dict) -> str:
 
 def config_summary(cfg: Dict) -> str:
     def get(path):
-        node = cfg
-        for p in path.split("."):
-            if not isinstance(node, dict) or p not in node:
-                return None
-            node = node[p]
-        return node
+        return cfg_get(cfg, path)
 
     items = [("dataset", get("data.name")), ("model", get("model.name")), ("defense", get("defense.preset")),
              ("eps", get("adversary.eps")), ("seed", get("seed"))]
