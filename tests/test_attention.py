@@ -6,7 +6,6 @@ from attnguard import create_model
 from attnguard.attention import (attention_area, attention_vector, class_activation_feature,
                                  closed_form_classifier, grad_cam, mask_iou, normalize_cam, top_k_mask)
 from attnguard.models import MODELS
-from attnguard.models.base import NormalizedModel
 
 QUALIFYING = [n for n in MODELS.names() if MODELS.entry(n).meta["classifier"]]
 OPTIONS = {"resnet9": {"width": 0.25}, "preact-resnet18": {"width": 0.25}}

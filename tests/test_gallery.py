@@ -15,17 +15,12 @@ from attnguard.analysis import gallery as G
 from attnguard.attacks import PGD
 from attnguard.errors import ConfigError
 from attnguard.io import atomic_torch_save
-
-PNG = b"\x89PNG\r\n\x1a\n"
+from _support import PNG
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds OpenMP barrier spinning on shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    pass
 
 
 def expected_height(rows, title=False):

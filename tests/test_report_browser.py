@@ -63,8 +63,8 @@ def report(tmp_path):
     for name, clean, pgd in (("madry", 0.98, 0.91), ("aad <b>", 0.975, 0.93)):
         run = tmp_path / name
         run.mkdir()
-        (run / "config.yaml").write_text(f"data:\n  name: mnist\nmodel:\n  name: lenet\nadversary:\n  eps: 0.3\n"
-                                         f"note: \"</pre><script>alert(1)</script>\"\n")
+        (run / "config.yaml").write_text("data:\n  name: mnist\nmodel:\n  name: lenet\nadversary:\n  eps: 0.3\n"
+                                         "note: \"</pre><script>alert(1)</script>\"\n")
         rows = [{"epoch": e, "split": s, "loss": 1.0 / e, "acc_clean": 0.6 + 0.1 * e, "acc_adv": 0.3 + 0.1 * e}
                 for e in (1, 2, 3) for s in ("train", "val")]
         (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))

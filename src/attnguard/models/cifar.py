@@ -5,7 +5,6 @@ That ending makes the closed-form Grad-CAM exact (see ``attnguard.attention.grad
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

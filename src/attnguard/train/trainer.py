@@ -15,7 +15,6 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
