@@ -96,7 +96,7 @@ def aggregate_markdown(runs: Sequence) -> str:
         row.append(_ms([m["train_seconds"] for m in members], scale=1.0))
         lines.append("| " + " | ".join(row) + " |")
     ns = sorted({f"{c}: {s['n'][c]}" for s in summaries for c in s["n"]})
-    worst_n = sorted({s["n_worst"] for s in summaries})
+    worst_n = " or ".join(str(n) for n in sorted({s["n_worst"] for s in summaries}))
     systems = sorted({json.dumps(s["system"], sort_keys=True) for s in summaries if s["system"]})
     notes = [f"Accuracy in % (mean ± sample std over seeds). Examples per column: {', '.join(ns)}; "
              f"the worst case is per example over every attack, on the first {worst_n} test examples."]
