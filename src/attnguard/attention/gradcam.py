@@ -108,7 +108,8 @@ def grad_cam(
         raise ConfigError("closed-form CAM needs an attnguard model whose attention layer feeds GAP + linear")
     if closed_form is False:
         fc = None
-    with torch.enable_grad():
+    # the closed form of a detached map needs no autograd graph at all
+    with torch.enable_grad() if create_graph or fc is None else torch.no_grad():
         if not create_graph and fc is None and not x.requires_grad:
             x = x.detach().requires_grad_(True)  # makes A require grad even for frozen models
         logits, (act,) = forward_with_activations(model, x, [resolve_layer(model, layer)])
