@@ -120,11 +120,9 @@ def analysis_section(a: dict) -> str:
 
 
 def config_summary(cfg: Dict) -> str:
-    def get(path):
-        return cfg_get(cfg, path)
-
-    items = [("dataset", get("data.name")), ("model", get("model.name")), ("defense", get("defense.preset")),
-             ("eps", get("adversary.eps")), ("seed", get("seed"))]
+    keys = [("dataset", "data.name"), ("model", "model.name"), ("defense", "defense.preset"),
+            ("eps", "adversary.eps"), ("seed", "seed")]
+    items = [(k, cfg_get(cfg, path)) for k, path in keys]
     spans = [tag("span", esc(k) + ": " + tag("b", eps_text(v) if k == "eps" else esc(v)))
              for k, v in items if v is not None]
     return tag("div", "".join(spans), class_="meta") if spans else ""
