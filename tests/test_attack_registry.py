@@ -78,6 +78,15 @@ def test_a3_wraps_its_base(name, base_type, steps, loss):
         assert isinstance(a.base.loss, loss)
 
 
+def test_a3_sigma_in_the_name():
+    a = build_attack("a3s1-pgd-20", EPS)
+    assert type(a) is a3.A3 and a.sigma == 1.0 and a.base.steps == 20 and a.registry_name == "a3s1-pgd-20"
+    assert build_attack("a3s0.5-cw-10", EPS).sigma == 0.5 and build_attack("a3s0-fgsm", EPS).sigma == 0.0
+    for bad in ("a3s-pgd-20", "a3sx-pgd-20", "a3s-1-pgd-20", "a3s1.2.3-pgd-20"):
+        with pytest.raises(ConfigError, match="sigma must be a number >= 0"):
+            parse_attack(bad)
+
+
 def test_a3_refuses_non_gradient_bases():
     for name in ("a3-square", "a3-rays", "a3-autoattack", "a3-a3-pgd-10", "a3-transfer:x"):
         with pytest.raises(ConfigError, match="A3 wraps a gradient attack"):

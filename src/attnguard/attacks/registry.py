@@ -58,12 +58,19 @@ def parse_attack(name: str) -> AttackSpec:
         return _parse_transfer(name)
     if low in ("fgsm", "stepll", "autoattack", "square", "rays"):
         return AttackSpec(low, low)
-    if low.startswith("a3-"):
-        base = parse_attack(name[3:])
+    m = re.fullmatch(r"a3(s[^-]*)?-(.+)", low)
+    if m:
+        params = {}
+        if m[1]:
+            if not re.fullmatch(r"s([0-9]+\.?[0-9]*|\.[0-9]+)", m[1]):
+                raise ConfigError(f"attack '{name}': A3's sigma must be a number >= 0 "
+                                  f"(e.g. a3s1-pgd-20), got '{m[1][1:]}'")
+            params["sigma"] = float(m[1][1:])
+        base = parse_attack(name[len(m[0]) - len(m[2]):])
         if base.family not in GRADIENT_FAMILIES:
             raise ConfigError(f"attack '{name}': A3 wraps a gradient attack ("
                               f"{', '.join(GRADIENT_FAMILIES)}), got '{base.name}'")
-        return AttackSpec(low, "a3-ATTACK", {"base": base})
+        return AttackSpec(low, "a3-ATTACK", {"base": base, **params})
     m = re.fullmatch(r"iter-stepll-(.*)", low)
     if m:
         return AttackSpec(low, "iter-stepll-K", {"steps": _whole(name, m[1], "K (steps)", "iter-stepll-10")})
@@ -179,12 +186,12 @@ ATTACKS.add("cw-K", lambda eps, spec, **kw: _pgd(eps, spec, loss="cw", **kw),
 
 
 @ATTACKS.register("a3-ATTACK", "A3, a gradient attack plus AAD's attention-deviation term (AAD eq. 11-13), "
-                               "e.g. a3-pgd-20, a3-cw-20, a3-iter-stepll-10")
+                               "sigma 10, e.g. a3-pgd-20, a3-cw-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1")
 def _a3(eps, spec, **opts):
     from .a3 import A3
 
     base = spec.params["base"]
-    return A3(ATTACKS.get(base.family)(eps, base, **opts), sigma=10.0, kappa="mean")
+    return A3(ATTACKS.get(base.family)(eps, base, **opts), sigma=spec.params.get("sigma", 10.0), kappa="mean")
 
 
 @ATTACKS.register("autoattack", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)")
