@@ -50,3 +50,15 @@ def test_train_json_gives_time_and_training_machine(tmp_path):
         "cpu": "TestCPU", "cores": 2, "threads": 1, "torch": "9.9", "device": "cpu"}}))
     assert run_summary(a)["train_seconds"] == 42.0  # train.json wins over the last metrics line
     assert "Trained on: TestCPU (2 cores, 1 threads), torch 9.9" in aggregate_markdown([a])
+
+
+def test_html_report_merges_every_evaluation_file(tmp_path):
+    from attnguard.report import build_report
+
+    d = _run(tmp_path, "a", 0, "1111", {"pgd-20": "1011"}, extra={"autoattack": "110"})
+    html = build_report(d, tmp_path / "r.html", compute_missing=False).read_text()
+    table = html[html.index('class="data eval"'):]
+    table = table[:table.index("</table>")]
+    assert ">autoattack<" in table and ">pgd-20<" in table
+    assert "33.3%" in table  # worst case over both files on the 3 common examples, as in run_summary
+    assert "worst case on the first" in table and "evaluation merged from eval.json, eval-aa.json" in html

@@ -20,6 +20,45 @@ ORDER = ["clean", "fgsm", "stepll", "pgd-7", "pgd-10", "pgd-20", "pgd-40", "pgd-
          "cw-40", "cw-100", "autoattack", "rays", "square", "a3-pgd-20"]
 
 
+def merge_evals(evals: Sequence[dict]) -> dict:
+    """One evaluation from several of the same model (``eval.json`` first, then e.g. ``eval-aa.json``).
+
+    Each attack keeps its result on the most examples; clean accuracy and ``n_examples`` come from
+    the first file. The worst case is per example over every attack of every file, on the first
+    ``n_worst`` examples that they all covered (from their per-example outcomes; without them, the
+    lowest of the files' own worst cases). Sanity checks and timings are concatenated.
+    """
+    first = evals[0]
+    attacks: Dict[str, float] = {}
+    n_of: Dict[str, int] = {"clean": first["n_examples"]}
+    seconds: Dict[str, float] = {}
+    sanity: List[dict] = []
+    masks: List[str] = []
+    for e in evals:
+        for name, a in e["attacks"].items():
+            if name not in attacks or e["n_examples"] > n_of[name]:
+                attacks[name], n_of[name] = a, e["n_examples"]
+                if name in (e.get("seconds") or {}):
+                    seconds[name] = e["seconds"][name]
+        sanity.extend(e.get("sanity") or [])
+        per = e.get("per_example")
+        if per:
+            masks.append(per["clean"])
+            masks.extend(per["attacks"].values())
+    if masks and all(e.get("per_example") for e in evals):
+        n_worst = min(len(m) for m in masks)
+        worst = sum(all(m[i] == "1" for m in masks) for i in range(n_worst)) / n_worst
+    else:
+        worst, n_worst = min((e["worst_case"], e["n_examples"]) for e in evals)
+    return {**first, "attacks": attacks, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+            "seconds": seconds, "sanity": sanity, "system": next((e["system"] for e in evals if e.get("system")), None)}
+
+
+def eval_files(run: Path) -> List[Path]:
+    """A run's evaluation files, ``eval.json`` first."""
+    return sorted(Path(run).glob("eval*.json"), key=lambda f: (f.name != "eval.json", f.name))
+
+
 def run_summary(run) -> dict:
     """Accuracies (fractions) of one run, its worst case over all its evaluations, time and machine."""
     run = Path(run)
@@ -27,33 +66,12 @@ def run_summary(run) -> dict:
     if not cfg_path.is_file():
         raise AttnGuardError(f"{run} is not a run directory (no config.yaml)")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    files = sorted(run.glob("eval*.json"))
+    files = eval_files(run)
     if not files:
         raise AttnGuardError(f"{run} has no eval.json; run `attnguard eval {run}` first")
-    acc: Dict[str, float] = {}
-    n_of: Dict[str, int] = {}
-    masks: List[str] = []
-    file_worst = []
-    system = None
-    for f in files:
-        e = json.loads(f.read_text())
-        system = system or e.get("system")
-        if "clean" not in acc or f.name == "eval.json":
-            acc["clean"], n_of["clean"] = e["clean"], e["n_examples"]
-        for name, a in e["attacks"].items():
-            if name not in acc or e["n_examples"] > n_of[name]:
-                acc[name], n_of[name] = a, e["n_examples"]
-        file_worst.append((e["worst_case"], e["n_examples"]))
-        per = e.get("per_example")
-        if per:
-            masks.append(per["clean"])
-            masks.extend(per["attacks"].values())
-    worst, n_worst = None, 0
-    if masks:
-        n_worst = min(len(m) for m in masks)
-        worst = sum(all(m[i] == "1" for m in masks) for i in range(n_worst)) / n_worst
-    else:  # evaluations without per-example outcomes: the lowest of their own worst cases
-        worst, n_worst = min(file_worst)
+    merged = merge_evals([json.loads(f.read_text()) for f in files])
+    acc = {"clean": merged["clean"], **merged["attacks"]}
+    n_of, worst, n_worst, system = merged["n"], merged["worst_case"], merged["n_worst"], merged["system"]
     seconds = None
     metrics = run / "metrics.jsonl"
     if metrics.is_file():

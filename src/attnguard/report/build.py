@@ -7,7 +7,8 @@ values, attack names, check details) is HTML-escaped.
 What each run contributes (missing parts are shown as notes, never as errors):
     config.yaml         -> summary line + the whole file (collapsible)
     metrics.jsonl       -> training curves
-    eval.json           -> the evaluation table (runs side by side) and the sanity checks
+    eval*.json          -> the evaluation table (runs side by side; eval.json merged with the run's other
+                           eval*.json files, e.g. eval-aa.json) and the sanity checks
     gallery.png         -> embedded; generated (with ``compute_missing``) when absent
     analysis/           -> analysis.json tables and its plots; computed with a small n when absent
 """
@@ -73,11 +74,32 @@ class _Run:
         except AttnGuardError as e:
             self.config = {}
             self.notes.append(str(e))
-        self.eval = _read_json(path / "eval.json", "eval.json", self.notes)
+        self.eval = self._read_evals(path)
         self.analysis = _read_json(path / "analysis" / "analysis.json", "analysis/analysis.json", self.notes)
         self.analysis_dir = path / "analysis" if self.analysis else None
         self.gallery: Optional[Path] = path / "gallery.png" if (path / "gallery.png").is_file() else None
         self.curves: Optional[Path] = None
+
+
+    def _read_evals(self, path: Path) -> Optional[dict]:
+        """eval.json merged with the run's other eval*.json files (e.g. an AutoAttack run on fewer examples)."""
+        from .aggregate import eval_files, merge_evals
+
+        files = eval_files(path)
+        evals = [(f, _read_json(f, f.name, self.notes)) for f in files]
+        evals = [(f, e) for f, e in evals if e is not None]
+        if len(evals) <= 1:
+            return evals[0][1] if evals else None
+        try:
+            merged = merge_evals([e for _, e in evals])
+        except (KeyError, TypeError) as e:
+            self.notes.append(f"evaluation files could not be merged ({e!r}); showing {evals[0][0].name} only")
+            return evals[0][1]
+        counts = ", ".join(f"{k} {n}" for k, n in merged["n"].items() if n != merged["n_examples"])
+        self.notes.append(f"evaluation merged from {', '.join(f.name for f, _ in evals)}; "
+                          f"worst case over every attack on the first {merged['n_worst']} examples"
+                          + (f"; examples per attack where they differ: {counts}" if counts else ""))
+        return merged
 
 
 def _optional(what: str, run: _Run, fn):
@@ -178,7 +200,7 @@ def build_report(runs: Union[PathLike, Sequence[PathLike]], out: PathLike = "rep
         for run in items:
             _prepare(run, Path(tmp), compute_missing, device, gallery_n, analysis_n, lime_examples)
         evaluation = tag("section", tag("h2", "Evaluation") + note(
-            "Accuracy in eval mode on the test examples of each run's eval.json; worst case = an example counts "
+            "Accuracy in eval mode on the test examples of each run's eval*.json files; worst case = an example counts "
             "as robust only if it withstands every attack.") + eval_table(names, [r.eval for r in items]),
             class_="card", id="evaluation")
         sections = [_run_section(r, i) for i, r in enumerate(items, 1)]

@@ -45,7 +45,8 @@ def eval_table(names: Sequence[str], evals: Sequence[Optional[dict]]) -> str:
         tds = tag("th", cells[0], scope="row") + "".join(tag("td", v, class_=cls) for cls, v in cells[1:])
         rows_html.append(tag("tr", tds, class_="total" if total else None))
     meta = []
-    for label, key, fmt in (("eps", "eps", eps_text), ("examples", "n_examples", num)):
+    extra = [("worst case on the first", "n_worst", num)] if any((ev or {}).get("n_worst") for ev in evals) else []
+    for label, key, fmt in [("eps", "eps", eps_text), ("examples", "n_examples", num), *extra]:
         meta.append(tag("tr", tag("th", esc(label), scope="row")
                         + "".join(tag("td", fmt((ev or {}).get(key))) for ev in evals)))
     inner = tag("thead", tag("tr", head)) + tag("tbody", "".join(rows_html) + "".join(meta))
