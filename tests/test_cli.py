@@ -10,7 +10,7 @@ import yaml
 
 import attnguard
 from attnguard.cli import main
-from attnguard.evaluate.report import KEYS
+from attnguard.evaluation.results import KEYS
 from attnguard.errors import AttnGuardError
 from attnguard.train.config import resolve_config
 

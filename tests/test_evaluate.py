@@ -1,4 +1,4 @@
-"""attnguard.evaluate: schema, hand-checked worst case, eval mode, input validation, sanity checks, writers."""
+"""attnguard.evaluate (attnguard.evaluation): schema, hand-checked worst case, eval mode, input validation, sanity checks, writers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from attnguard import create_model
 from attnguard.errors import AttnGuardError, ConfigError, DataError, UnknownNameError
-from attnguard.evaluate import PerExample, evaluate, format_table, run_eval, validate_result, write_eval
-from attnguard.evaluate import sanity as sanity_mod
+from attnguard.evaluation import PerExample, evaluate, format_table, run_eval, validate_result, write_eval
+from attnguard.evaluation import sanity as sanity_mod
 
 KEYS = {"dataset", "model", "eps", "n_examples", "clean", "attacks", "worst_case", "seconds", "sanity"}
 
@@ -366,7 +366,7 @@ def _fake_run(tmp_path, model):
 
 
 def test_run_eval_on_a_run_dir_and_a_checkpoint(tmp_path, monkeypatch, mnist, trained):
-    from attnguard.evaluate import run as run_mod
+    from attnguard.evaluation import run as run_mod
 
     seen = {}
 
@@ -404,7 +404,7 @@ def test_run_eval_errors(tmp_path, trained):
 
 
 def test_load_test_examples_from_the_data_module():
-    from attnguard.evaluate import load_test_examples
+    from attnguard.evaluation import load_test_examples
 
     data = pytest.importorskip("attnguard.data")
     if not hasattr(data, "load_dataset"):

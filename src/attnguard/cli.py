@@ -190,7 +190,7 @@ def _is_main_process() -> bool:
 
 
 def _final_eval(run, cfg) -> None:
-    from .evaluate import format_table, run_eval
+    from .evaluation import format_table, run_eval
 
     ev = cfg.eval
     result = run_eval(run, ev.attacks, eps=ev.eps, n_examples=ev.n_examples, sanity=ev.sanity, out=run,
@@ -206,10 +206,10 @@ def _print_table(table) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import format_table, run_eval
+    from .evaluation import format_table, run_eval
 
     if args.out is not None:  # a bad --out must fail before the (possibly hours-long) evaluation, not after
-        from .evaluate.report import _paths
+        from .evaluation.results import _paths
 
         _paths(args.out)
 

@@ -186,18 +186,3 @@ def class_name(names: Sequence[str], idx: int) -> str:
     return names[idx] if 0 <= idx < len(names) else str(idx)
 
 
-class eval_mode:
-    """Put a model in eval mode inside the block and restore its flags afterwards."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        for m, mode in self.modes:
-            m.training = mode
-        return False

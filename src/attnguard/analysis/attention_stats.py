@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._run import attack_all, cams, eval_mode, predict
+from ._run import attack_all, cams, predict
+from ..utils.modes import eval_mode
 from .iou import box_iou, boxes_to_mask, cell_iou, mean_activation_in, nanmean
 
 CELLS = (5, 10, 20, 30)

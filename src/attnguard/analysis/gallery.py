@@ -15,8 +15,8 @@ import torch
 
 from ..attention import normalize_cam, upsample_cam
 from ._figures import CAM_CMAP, new_figure, save_png
-from ._run import (attack_all, cams, class_name, eval_mode, load_test_data, make_attack, predict, read_config,
-                   run_eps, cfg_get)
+from ._run import attack_all, cams, class_name, load_test_data, make_attack, predict, read_config, run_eps, cfg_get
+from ..utils.modes import eval_mode
 
 COLUMNS = ("clean", "Grad-CAM (clean)", "adversarial", "Grad-CAM (adversarial)")
 # inches: panel width, row height (title + image), space for the headers and the caption

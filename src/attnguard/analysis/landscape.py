@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ._figures import new_figure, save_png, styled
-from ._run import batched, eval_mode
+from ._run import batched
+from ..utils.modes import eval_mode
 
 
 def _landscape(model, x: torch.Tensor, y: torch.Tensor, span: float, steps: int, seed: int, batch_size: int):

@@ -15,7 +15,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from ..errors import DataError
 from ._figures import PALETTE, new_figure, save_png, styled
-from ._run import attack_all, eval_mode, make_attack, predict
+from ._run import attack_all, make_attack, predict
+from ..utils.modes import eval_mode
 from .landscape import loss_landscape
 from .tsne import penultimate_features, tsne_features
 

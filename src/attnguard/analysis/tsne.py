@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ._figures import class_color, new_figure, save_png, styled
-from ._run import attack_all, batched, class_name, eval_mode
+from ._run import attack_all, batched, class_name
+from ..utils.modes import eval_mode
 
 
 def final_linear(model: nn.Module) -> nn.Linear:

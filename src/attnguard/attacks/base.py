@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils.modes import kept_modes
 
 NORMS = ("linf", "l2")
 
@@ -28,15 +29,17 @@ NORMS = ("linf", "l2")
 @contextmanager
 def preserved_state(model: nn.Module):
     """Restore the model's train/eval flags and its parameters' ``.grad`` on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, g in grads:
-            p.grad = g
+    # Only gradients that exist are copied: the trainer zeroes them (to None) before the step, so the
+    # in-training adversary copies nothing.
+    grads = [(p, p.grad.clone()) for p in model.parameters() if p.grad is not None]
+    with kept_modes(model):
+        try:
+            yield
+        finally:
+            for p in model.parameters():
+                p.grad = None
+            for p, g in grads:
+                p.grad = g
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

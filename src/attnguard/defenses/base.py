@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import Attack
+from ..utils.modes import eval_mode
 from .config import AdversaryConfig, DefenseConfig
 
 
@@ -36,13 +37,8 @@ def crafting_mode(model: nn.Module, bn_mode: str):
     if bn_mode != "eval":
         yield
         return
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class Base:

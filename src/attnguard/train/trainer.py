@@ -170,9 +170,11 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.net.train()
+        # Zeroed (to None) before the adversary runs: an attack keeps the parameters' .grad as it found
+        # them, and with none there it has nothing to copy.
+        self.opt.zero_grad(set_to_none=True)
         with self._autocast():
             loss, parts = self.objective(self.net, x, y)
-        self.opt.zero_grad(set_to_none=True)
         if self.scaler:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)

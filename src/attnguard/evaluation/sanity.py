@@ -28,7 +28,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from .core import PerExample, attack_correct
+from .blocks import PerExample, attack_correct
 
 ZERO_GRAD_THRESHOLD = 0.01  # warn when more than 1% of examples have an all-zero input gradient
 BLACK_BOX_THRESHOLD = 0.02  # warn when black-box attacks alone fool more than 2% of the examples

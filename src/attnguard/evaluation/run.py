@@ -10,7 +10,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, check_range
 from .core import evaluate
-from .report import write_eval
+from .results import write_eval
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,7 +66,7 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
         n_examples: evaluate the first N examples of the test split.
         out: output directory or ``.json`` path; default the run directory, or the checkpoint's directory.
 
-    Returns the evaluation dict (see :func:`attnguard.evaluate.evaluate`).
+    Returns the evaluation dict (see :func:`attnguard.evaluation.evaluate`).
     """
     from ..io import load_model
     from ..utils.machine import describe_machine
