@@ -9,7 +9,7 @@ from attnguard.attacks import a3, autoattack, rays, square, stepll, transfer
 from attnguard.attacks.fgsm import FGSM
 from attnguard.attacks.losses import CrossEntropyLoss, CWLoss
 from attnguard.attacks.pgd import PGD
-from attnguard.attacks.registry import ATTACKS, BLACK_BOX_FAMILIES, build_attack, parse_attack
+from attnguard.attacks.registry import ATTACKS, attack_families, build_attack, parse_attack, spec_of
 from attnguard.errors import AttnGuardError, ConfigError, UnknownNameError
 
 EPS = 0.3
@@ -29,6 +29,28 @@ def test_every_family_has_an_example_and_a_one_line_description():
         assert desc and "\n" not in desc, name
     for family, example in EXAMPLES.items():
         assert parse_attack(example).family == family
+    for entry in ATTACKS.entries():  # the registered example (typo suggestions use it) is the family's own
+        assert parse_attack(entry.meta["example"]).family == entry.name
+
+
+@pytest.mark.parametrize("typo,suggestion", [("pdg-20", "pgd-20"), ("fgms", "fgsm"), ("sqaure", "square"),
+                                             ("a3-pdg-20", "pgd-20"), ("autoatack", "autoattack")])
+def test_a_typo_gets_a_concrete_suggestion(typo, suggestion):
+    with pytest.raises(UnknownNameError) as e:
+        parse_attack(typo)
+    assert f"Did you mean '{suggestion}'?" in str(e.value) and "\n" not in str(e.value)
+    assert "pgd-K" in str(e.value)  # the patterns are still listed
+
+
+def test_built_objects_agree_with_the_registered_facts(tmp_path):
+    _, run = _save_run(tmp_path)
+    names = [e.meta["example"] for e in ATTACKS.entries() if e.name != "transfer:PATH"] + [f"transfer:{run}"]
+    for name in names:
+        a = build_attack(name, EPS)
+        spec = spec_of(a)
+        assert spec == parse_attack(name) and spec.name == a.registry_name
+        assert a.uses_gradients == spec.uses_gradients, name
+    assert spec_of(object()) is None
 
 
 @pytest.mark.parametrize("name,steps,restarts,loss", [
@@ -104,8 +126,11 @@ def test_autoattack_square_rays():
 
     assert type(build_attack("rays", EPS)) is rays.RayS
     assert build_attack("rays", EPS).queries == 10000 and build_attack("rays-50", EPS).queries == 50
-    for fam in ("square", "square-Q", "rays", "rays-Q", "transfer:PATH"):
-        assert fam in BLACK_BOX_FAMILIES
+    assert attack_families(uses_gradients=False) == ["square", "square-Q", "rays", "rays-Q", "transfer:PATH"]
+    for name in ("square", "square-100", "rays", "rays-50", "transfer:runs/std"):
+        assert parse_attack(name).black_box and not parse_attack(name).uses_gradients
+    for name in ("fgsm", "pgd-20", "a3-pgd-20", "autoattack", "iter-stepll-3"):
+        assert not parse_attack(name).black_box
 
 
 def _save_run(tmp_path):

@@ -1,8 +1,11 @@
 """Attack names, as the CLI and the evaluation spell them: ``build_attack("pgd-20", eps)``.
 
 The registry holds one entry per *family*; its name is the pattern users write (``pgd-K``) and
-its description says what the numbers mean. :func:`parse_attack` maps a concrete name
-(``pgd-100x5``) to its family and settings, :func:`build_attack` builds the attack object.
+its description says what the numbers mean. Each entry also carries the family's facts: how to
+recognize its names (a regex with named groups, or a parse function for the names that contain
+another attack name), whether the attack reads the target model's gradients, the settings a
+name leaves unsaid, and one concrete example. :func:`parse_attack` tries the entries in
+registration order; :func:`build_attack` builds the attack object.
 
 Attack classes are imported inside the builders, so listing attacks imports no attack code
 and a broken optional attack cannot break the others.
@@ -12,33 +15,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import AttnGuardError, ConfigError, UnknownNameError
 from ..registry import Registry
 
-ATTACKS = Registry("attack")
-
-# Families whose attack is a gradient attack A3 can wrap (AAD eq. 11-13 adds its attention term
-# to the loss of an FGSM/PGD-type attack).
-GRADIENT_FAMILIES = ("fgsm", "stepll", "iter-stepll-K", "pgd-K", "pgd-KxR", "cw-K")
-# Families that never read the target model's gradients.
-BLACK_BOX_FAMILIES = ("square", "square-Q", "rays", "rays-Q", "transfer:PATH")
-
 DEFAULT_TRANSFER_ATTACK = "pgd-20"
+
+# Named regex groups that hold counts, and how error messages call them.
+NUMBER_GROUPS = {"steps": "K (steps)", "restarts": "R (restarts)", "queries": "Q (queries)"}
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A parsed attack name: its family (a registry name) and the settings the name carries."""
+    """A parsed attack name: its family (a registry name), the settings the name carries (over the
+    family's defaults) and the family's ``uses_gradients``."""
 
     name: str
     family: str
     params: Dict[str, Any] = field(default_factory=dict)
+    uses_gradients: bool = True
 
     @property
     def black_box(self) -> bool:
-        return self.family in BLACK_BOX_FAMILIES
+        """The attack never reads the target model's gradients (Square, RayS, transfer)."""
+        return not self.uses_gradients
 
 
 def _whole(name: str, text: str, what: str, example: str) -> int:
@@ -48,52 +49,110 @@ def _whole(name: str, text: str, what: str, example: str) -> int:
     return int(text)
 
 
+def _regex_parser(pattern: str, example: str) -> Callable:
+    """A parse function for a family whose names match ``pattern`` (case-insensitive, whole name)."""
+    rx = re.compile(pattern)
+
+    def parse(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
+        m = rx.fullmatch(name.lower())
+        if m is None:
+            return None
+        params = {k: _whole(name, v, NUMBER_GROUPS[k], example) if k in NUMBER_GROUPS else v
+                  for k, v in m.groupdict().items() if v is not None}
+        return name.lower(), params
+
+    return parse
+
+
+class AttackRegistry(Registry):
+    """The attack families. ``ATTACKS.add(pattern_name, builder, description, **facts)`` registers one:
+
+    * ``pattern``: regex the whole lower-cased name must match; named groups become settings, and
+      the groups ``steps``, ``restarts``, ``queries`` must be whole numbers >= 1. Default: the
+      family name itself, for fixed names such as ``fgsm``.
+    * ``parse``: instead of ``pattern``, ``parse(name, defaults) -> (canonical name, settings)``
+      or None when the name is not this family's (for names holding another attack name).
+    * ``example``: one concrete name (default: the family name); the typo suggestion and the tests use it.
+    * ``uses_gradients``: False for black-box attacks that never read the target's gradients.
+    * ``a3_base``: A3 can wrap it (an FGSM/PGD-type attack on a logit loss, AAD eq. 11-13).
+    * ``default_options``: settings the name leaves unsaid (``spec.params`` starts from them).
+
+    The builder is called ``builder(eps, spec, *, seed, num_classes, norm, device, step_size)``
+    and returns the attack object. Families are tried in registration order: register the
+    narrower pattern first where two overlap (``pgd-KxR`` before ``pgd-K``).
+    """
+
+    def add(self, name: str, builder: Callable, description: str, *, pattern: Optional[str] = None,
+            parse: Optional[Callable] = None, example: Optional[str] = None, uses_gradients: bool = True,
+            a3_base: bool = False, default_options: Optional[dict] = None) -> None:
+        if pattern is not None and parse is not None:
+            raise ValueError(f"attack family '{name}': give a pattern or a parse function, not both")
+        if (pattern is not None or parse is not None) and not example:
+            raise ValueError(f"attack family '{name}': give an example name, e.g. example='pgd-20'")
+        example = example or name
+        if parse is None:
+            pattern = re.escape(name.lower()) if pattern is None else pattern
+            parse = _regex_parser(pattern, example)
+        super().add(name, builder, description, pattern=pattern, parse=parse, example=example,
+                    uses_gradients=bool(uses_gradients), a3_base=bool(a3_base),
+                    default_options=dict(default_options or {}))
+
+
+ATTACKS = AttackRegistry("attack")
+
+
+def attack_families(**facts) -> List[str]:
+    """Family names, in registration order, whose facts equal ``facts`` (e.g. ``uses_gradients=False``)."""
+    return [e.name for e in ATTACKS.entries() if all(e.meta.get(k) == v for k, v in facts.items())]
+
+
 def parse_attack(name: str) -> AttackSpec:
     """The family and settings of an attack name; see :data:`ATTACKS` for the patterns."""
     if not isinstance(name, str) or not name.strip():
-        raise UnknownNameError("attack", str(name), ATTACKS.names())
+        raise ATTACKS.unknown(str(name))
     name = name.strip()
-    low = name.lower()
-    if low.startswith("transfer:"):
-        return _parse_transfer(name)
-    if low in ("fgsm", "stepll", "autoattack", "square", "rays"):
-        return AttackSpec(low, low)
-    m = re.fullmatch(r"a3(s[^-]*)?-(.+)", low)
-    if m:
-        params = {}
-        if m[1]:
-            if not re.fullmatch(r"s([0-9]+\.?[0-9]*|\.[0-9]+)", m[1]):
-                raise ConfigError(f"attack '{name}': A3's sigma must be a number >= 0 "
-                                  f"(e.g. a3s1-pgd-20), got '{m[1][1:]}'")
-            params["sigma"] = float(m[1][1:])
-        base = parse_attack(name[len(m[0]) - len(m[2]):])
-        if base.family not in GRADIENT_FAMILIES:
-            raise ConfigError(f"attack '{name}': A3 wraps a gradient attack ("
-                              f"{', '.join(GRADIENT_FAMILIES)}), got '{base.name}'")
-        return AttackSpec(low, "a3-ATTACK", {"base": base, **params})
-    m = re.fullmatch(r"iter-stepll-(.*)", low)
-    if m:
-        return AttackSpec(low, "iter-stepll-K", {"steps": _whole(name, m[1], "K (steps)", "iter-stepll-10")})
-    m = re.fullmatch(r"(pgd|cw)-(.*)", low)
-    if m:
-        kind, rest = m[1], m[2]
-        ex = f"{kind}-20" if kind == "cw" else "pgd-20, pgd-100x5"
-        kr = re.fullmatch(r"([0-9]+)x([0-9]+)", rest) if kind == "pgd" else None
-        if kr:
-            k, r = kr[1], kr[2]
-            return AttackSpec(low, "pgd-KxR", {"steps": _whole(name, k, "K (steps)", ex),
-                                               "restarts": _whole(name, r, "R (restarts)", ex)})
-        return AttackSpec(low, f"{kind}-K", {"steps": _whole(name, rest, "K (steps)", ex)})
-    m = re.fullmatch(r"(square|rays)-(.*)", low)
-    if m:
-        ex = f"{m[1]}-5000"
-        return AttackSpec(low, f"{m[1]}-Q", {"queries": _whole(name, m[2], "Q (queries)", ex)})
-    raise UnknownNameError("attack", name, ATTACKS.names())
+    for entry in ATTACKS.entries():
+        defaults = entry.meta["default_options"]
+        hit = entry.meta["parse"](name, defaults)
+        if hit is not None:
+            canonical, params = hit
+            return AttackSpec(canonical, entry.name, {**defaults, **params}, entry.meta["uses_gradients"])
+    raise ATTACKS.unknown(name)
 
 
-def _parse_transfer(name: str) -> AttackSpec:
+def spec_of(attack) -> Optional[AttackSpec]:
+    """The parsed ``registry_name`` of an attack built by :func:`build_attack`; None for other objects."""
+    name = getattr(attack, "registry_name", None)
+    if not isinstance(name, str):
+        return None
+    try:
+        return parse_attack(name)
+    except AttnGuardError:
+        return None  # a hand-made object that set its own label
+
+
+def _parse_a3(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
+    m = re.fullmatch(r"a3(s[^-]*)?-(.+)", name.lower())
+    if m is None:
+        return None
+    params = {}
+    if m[1]:
+        if not re.fullmatch(r"s([0-9]+\.?[0-9]*|\.[0-9]+)", m[1]):
+            raise ConfigError(f"attack '{name}': A3's sigma must be a number >= 0 "
+                              f"(e.g. a3s1-pgd-20), got '{m[1][1:]}'")
+        params["sigma"] = float(m[1][1:])
+    base = parse_attack(name[len(m[0]) - len(m[2]):])
+    if not ATTACKS.entry(base.family).meta["a3_base"]:
+        raise ConfigError(f"attack '{name}': A3 wraps a gradient attack ("
+                          f"{', '.join(attack_families(a3_base=True))}), got '{base.name}'")
+    return name.lower(), {"base": base, **params}
+
+
+def _parse_transfer(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
+    if not name.lower().startswith("transfer:"):
+        return None
     rest = name[len("transfer:"):]
-    path, base = rest, DEFAULT_TRANSFER_ATTACK
+    path, base = rest, defaults["base"]
     if ":" in rest:
         head, tail = rest.rsplit(":", 1)
         try:
@@ -108,7 +167,7 @@ def _parse_transfer(name: str) -> AttackSpec:
         raise ConfigError(f"attack '{name}': give the source model, as transfer:<checkpoint or run dir>"
                           f"[:<attack>] (e.g. transfer:runs/std:pgd-20)")
     base_spec = parse_attack(base)
-    return AttackSpec(f"transfer:{path}:{base_spec.name}", "transfer:PATH", {"path": path, "base": base_spec})
+    return f"transfer:{path}:{base_spec.name}", {"path": path, "base": base_spec}
 
 
 def build_attack(name: str, eps: float, *, seed: Optional[int] = 0, num_classes: int = 10, norm: str = "linf",
@@ -137,9 +196,13 @@ def build_attack(name: str, eps: float, *, seed: Optional[int] = 0, num_classes:
     if step_size is not None and not step_size > 0:
         raise ConfigError(f"step size must be > 0, got {step_size!r}")
     opts = dict(seed=seed, num_classes=num_classes, norm=norm, device=device, step_size=step_size)
-    attack = ATTACKS.get(spec.family)(float(eps), spec, **opts)
+    attack = _build(spec, float(eps), **opts)
     attack.registry_name = spec.name
     return attack
+
+
+def _build(spec: AttackSpec, eps: float, **opts):
+    return ATTACKS.get(spec.family)(eps, spec, **opts)
 
 
 def _linf_only(spec: AttackSpec, norm: str) -> None:
@@ -147,14 +210,14 @@ def _linf_only(spec: AttackSpec, norm: str) -> None:
         raise ConfigError(f"attack '{spec.name}' is L-inf only, got norm={norm!r}")
 
 
-@ATTACKS.register("fgsm", "FGSM, one signed-gradient step of size eps on the CE loss (Goodfellow et al. 2015)")
+# Builders: the name's settings -> the attack object (attack code imported only when built).
+
 def _fgsm(eps, spec, *, seed, norm, **_):
     from .fgsm import FGSM
 
     return FGSM(eps, loss="ce", norm=norm, seed=seed)
 
 
-@ATTACKS.register("stepll", "StepLL, one step towards the least-likely class (Kurakin et al. 2017; AAD eq. 4)")
 def _stepll(eps, spec, *, seed, norm, **_):
     from .stepll import StepLL
 
@@ -162,7 +225,6 @@ def _stepll(eps, spec, *, seed, norm, **_):
     return StepLL(eps, seed=seed)
 
 
-@ATTACKS.register("iter-stepll-K", "Iter-StepLL, K steps towards the least-likely class, e.g. iter-stepll-10")
 def _iter_stepll(eps, spec, *, seed, norm, step_size, **_):
     from .stepll import IterStepLL
 
@@ -170,31 +232,21 @@ def _iter_stepll(eps, spec, *, seed, norm, step_size, **_):
     return IterStepLL(eps, alpha=step_size, steps=spec.params["steps"], seed=seed)
 
 
-def _pgd(eps, spec, *, seed, norm, step_size, loss="ce", **_):
+def _pgd(eps, spec, *, seed, norm, step_size, **_):
     from .pgd import PGD
 
     steps = spec.params["steps"]
     alpha = step_size if step_size is not None else 2.5 * eps / steps  # Madry et al. 2018
-    return PGD(eps, alpha, steps, norm=norm, random_start=True, restarts=spec.params.get("restarts", 1),
-               loss=loss, seed=seed)
+    return PGD(eps, alpha, steps, norm=norm, random_start=True, restarts=spec.params["restarts"],
+               loss=spec.params["loss"], seed=seed)
 
 
-ATTACKS.add("pgd-K", _pgd, "PGD, K steps on the CE loss, step 2.5*eps/K, random start (Madry et al. 2018), e.g. pgd-20")
-ATTACKS.add("pgd-KxR", _pgd, "PGD with R random restarts of K steps, worst case per example, e.g. pgd-100x5")
-ATTACKS.add("cw-K", lambda eps, spec, **kw: _pgd(eps, spec, loss="cw", **kw),
-            "CW-K, K PGD steps on the Carlini-Wagner margin loss (Carlini & Wagner 2017), e.g. cw-20")
-
-
-@ATTACKS.register("a3-ATTACK", "A3, a gradient attack plus AAD's attention-deviation term (AAD eq. 11-13), "
-                               "sigma 10, e.g. a3-pgd-20, a3-cw-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1")
 def _a3(eps, spec, **opts):
     from .a3 import A3
 
-    base = spec.params["base"]
-    return A3(ATTACKS.get(base.family)(eps, base, **opts), sigma=spec.params.get("sigma", 10.0), kappa="mean")
+    return A3(_build(spec.params["base"], eps, **opts), sigma=spec.params["sigma"], kappa="mean")
 
 
-@ATTACKS.register("autoattack", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)")
 def _autoattack(eps, spec, *, seed, norm, num_classes, **_):
     from .autoattack import AutoAttack
 
@@ -204,33 +256,55 @@ def _autoattack(eps, spec, *, seed, norm, num_classes, **_):
 def _square(eps, spec, *, seed, norm, **_):
     from .square import Square
 
-    return Square(eps, n_queries=spec.params.get("queries", 5000), norm=norm, seed=seed)
-
-
-ATTACKS.add("square", _square, "Square Attack, black-box random search, 5000 queries (Andriushchenko et al. 2020)")
-ATTACKS.add("square-Q", _square, "Square Attack with Q queries, e.g. square-1000")
+    return Square(eps, n_queries=spec.params["queries"], norm=norm, seed=seed)
 
 
 def _rays(eps, spec, *, seed, norm, **_):
     from .rays import RayS
 
     _linf_only(spec, norm)
-    return RayS(eps, queries=spec.params.get("queries", 10000), seed=seed)
+    return RayS(eps, queries=spec.params["queries"], seed=seed)
 
 
-ATTACKS.add("rays", _rays, "RayS, hard-label black-box ray search, 10000 queries (Chen & Gu 2020)")
-ATTACKS.add("rays-Q", _rays, "RayS with Q queries, e.g. rays-2000")
-
-
-@ATTACKS.register("transfer:PATH", "transfer from a source model: transfer:<checkpoint or run dir>[:<attack>], "
-                                   f"base attack {DEFAULT_TRANSFER_ATTACK} by default")
 def _transfer(eps, spec, *, device, **opts):
     from ..io import load_model
     from .transfer import Transfer
 
-    base = spec.params["base"]
     source = load_model(spec.params["path"], device=device)
-    return Transfer(source, ATTACKS.get(base.family)(eps, base, device=device, **opts))
+    return Transfer(source, _build(spec.params["base"], eps, device=device, **opts))
 
 
-__all__ = ["ATTACKS", "AttackSpec", "parse_attack", "build_attack", "GRADIENT_FAMILIES", "BLACK_BOX_FAMILIES"]
+# One line per family. Order matters only where patterns overlap: pgd-KxR before pgd-K.
+ATTACKS.add("fgsm", _fgsm, "FGSM, one signed-gradient step of size eps on the CE loss (Goodfellow et al. 2015)",
+            a3_base=True)
+ATTACKS.add("stepll", _stepll, "StepLL, one step towards the least-likely class (Kurakin et al. 2017; AAD eq. 4)",
+            a3_base=True)
+ATTACKS.add("iter-stepll-K", _iter_stepll, "Iter-StepLL, K steps towards the least-likely class, e.g. iter-stepll-10",
+            pattern=r"iter-stepll-(?P<steps>.*)", example="iter-stepll-10", a3_base=True)
+ATTACKS.add("pgd-KxR", _pgd, "PGD with R random restarts of K steps, worst case per example, e.g. pgd-100x5",
+            pattern=r"pgd-(?P<steps>[0-9]+)x(?P<restarts>[0-9]+)", example="pgd-100x5", a3_base=True,
+            default_options={"loss": "ce"})
+ATTACKS.add("pgd-K", _pgd, "PGD, K steps on the CE loss, step 2.5*eps/K, random start (Madry et al. 2018), e.g. pgd-20",
+            pattern=r"pgd-(?P<steps>.*)", example="pgd-20", a3_base=True,
+            default_options={"loss": "ce", "restarts": 1})
+ATTACKS.add("cw-K", _pgd, "CW-K, K PGD steps on the Carlini-Wagner margin loss (Carlini & Wagner 2017), e.g. cw-20",
+            pattern=r"cw-(?P<steps>.*)", example="cw-20", a3_base=True, default_options={"loss": "cw", "restarts": 1})
+ATTACKS.add("a3-ATTACK", _a3, "A3, a gradient attack plus AAD's attention-deviation term (AAD eq. 11-13), "
+                              "sigma 10, e.g. a3-pgd-20, a3-cw-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1",
+            parse=_parse_a3, example="a3-pgd-20", default_options={"sigma": 10.0})
+ATTACKS.add("autoattack", _autoattack, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)")
+ATTACKS.add("square", _square, "Square Attack, black-box random search, 5000 queries (Andriushchenko et al. 2020)",
+            uses_gradients=False, default_options={"queries": 5000})
+ATTACKS.add("square-Q", _square, "Square Attack with Q queries, e.g. square-1000",
+            pattern=r"square-(?P<queries>.*)", example="square-1000", uses_gradients=False)
+ATTACKS.add("rays", _rays, "RayS, hard-label black-box ray search, 10000 queries (Chen & Gu 2020)",
+            uses_gradients=False, default_options={"queries": 10000})
+ATTACKS.add("rays-Q", _rays, "RayS with Q queries, e.g. rays-2000",
+            pattern=r"rays-(?P<queries>.*)", example="rays-2000", uses_gradients=False)
+ATTACKS.add("transfer:PATH", _transfer, "transfer from a source model: transfer:<checkpoint or run dir>[:<attack>], "
+                                        f"base attack {DEFAULT_TRANSFER_ATTACK} by default",
+            parse=_parse_transfer, example="transfer:runs/std", uses_gradients=False,
+            default_options={"base": DEFAULT_TRANSFER_ATTACK})
+
+
+__all__ = ["ATTACKS", "AttackRegistry", "AttackSpec", "parse_attack", "build_attack", "attack_families", "spec_of"]

@@ -106,10 +106,18 @@ def check_inputs(model: nn.Module, images, labels) -> Tuple[int, int]:
     return n, int(num_classes)
 
 
-def is_black_box(attack, name: str) -> bool:
-    """True for attacks that never read the target model's gradients (Square, RayS, transfer)."""
-    return not getattr(attack, "uses_gradients", True) or name.split(":")[0].split("-")[0] in (
-        "square", "rays", "transfer")
+def is_black_box(attack) -> bool:
+    """True for attacks that never read the target model's gradients (Square, RayS, transfer).
+
+    An attack built from a registry name answers with its family's registered ``uses_gradients``;
+    any other object with its own ``uses_gradients`` attribute (True when absent, as on ``Attack``).
+    """
+    from ..attacks.registry import spec_of
+
+    spec = spec_of(attack)
+    if spec is not None:
+        return spec.black_box
+    return not getattr(attack, "uses_gradients", True)
 
 
 def resolve_attacks(attacks, eps: float, *, norm: str, seed: int, num_classes: int, device) -> List[tuple]:
@@ -196,7 +204,7 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
         if bar is not None:
             bar.close()
     return PerExample(clean=torch.cat(clean), attacks={k: torch.cat(v) for k, v in per.items()}, seconds=seconds,
-                      black_box={label: is_black_box(a, label) for label, a in attacks},
+                      black_box={label: is_black_box(a) for label, a in attacks},
                       named={label: getattr(a, "registry_name", None) == label for label, a in attacks})
 
 

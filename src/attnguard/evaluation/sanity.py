@@ -136,7 +136,9 @@ def check_black_box(per: PerExample) -> dict:
     black = [k for k, b in per.black_box.items() if b]
     white = [k for k, b in per.black_box.items() if not b]
     if not black or not white:
-        missing = "black-box (square, rays, transfer:...)" if not black else "white-box"
+        from ..attacks.registry import attack_families
+
+        missing = f"black-box ({', '.join(attack_families(uses_gradients=False))})" if not black else "white-box"
         return _skip(name, f"needs a {missing} attack in the evaluation's list")
     fooled_black = per.clean.clone() & False
     for k in black:
