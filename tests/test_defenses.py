@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnguard.defenses import (BASES, PRESETS, REGULARIZERS, AdversaryConfig, Context, DefenseConfig, build_objective,
-                                canonical_name, crafting_mode, parse_preset, unwrap)
-from attnguard.defenses.aad import attention_mask, masked_input, preservation_loss, rectification_loss
+from attnguard.defenses import (BASES, PRESETS, REGULARIZERS, AdversaryConfig, Context, DefenseConfig, NoParams,
+                                build_objective, canonical_name, crafting_mode, normalize_defense_section, parse_preset,
+                                unwrap)
+from attnguard.defenses.aad import AADParams, attention_mask, masked_input, preservation_loss, rectification_loss
 from attnguard.defenses.afm import feature_distance, norm_decay
 from attnguard.defenses.alp import logit_pairing
 from attnguard.defenses.at import attention_pairing
@@ -59,11 +60,12 @@ TINY_XADV = torch.tensor([[[[0.5, 0.0], [0.5, 0.0]]]])
 TINY_Y = torch.tensor([1])
 
 
-def tiny_context(preset="madry", closed_form=True, **weights):
-    cfg = DefenseConfig(preset=preset, **weights)
+def tiny_context(preset="madry", closed_form=True, **sections):
+    cfg = DefenseConfig(preset=preset, **sections)
     obj = build_objective(cfg, FAST)
     model = tiny_model(closed_form)
-    ctx = Context(model, TINY_X, TINY_Y, TINY_XADV, defense=cfg, layers=obj.layers(model), need_clean=True)
+    ctx = Context(model, TINY_X, TINY_Y, TINY_XADV, fused_forward=cfg.fused_forward, layers=obj.layers(model),
+                  need_clean=True)
     return obj, model, ctx
 
 
@@ -76,7 +78,7 @@ def test_logit_pairing_by_hand():
 
 
 def test_alp_base_by_hand():
-    obj, _, ctx = tiny_context("alp", alp_lambda=0.5)
+    obj, _, ctx = tiny_context("alp", alp={"lambda": 0.5})
     # z(x) = (-0.125, 0.125): CE_clean = log(1 + e^-0.25); z(x_adv) = (0, 0): CE_adv = log 2
     # ALP = (-0.125 - 0)^2 + (0.125 - 0)^2 = 0.03125
     ce = 0.5 * (math.log(1 + math.exp(-0.25)) + math.log(2.0))
@@ -104,7 +106,7 @@ def test_trades_kl_by_hand():
 
 
 def test_trades_base_by_hand():
-    obj, _, ctx = tiny_context("trades", trades_beta=6.0)
+    obj, _, ctx = tiny_context("trades", trades={"beta": 6.0})
     # p(x) = (1 - s, s) with s = sigmoid(0.25), q = (1/2, 1/2); CE = -log s
     s = 1 / (1 + math.exp(-0.25))
     kl = (1 - s) * math.log((1 - s) / 0.5) + s * math.log(s / 0.5)
@@ -132,7 +134,7 @@ def test_aad_preservation_function_by_hand():
 
 @pytest.mark.parametrize("closed_form", [True, False])
 def test_aad_on_tiny_model_by_hand(closed_form):
-    obj, model, ctx = tiny_context("madry+aad", closed_form=closed_form, aad_alpha=1.0, aad_beta=1.0)
+    obj, model, ctx = tiny_context("madry+aad", closed_form=closed_form, aad={"alpha": 1.0, "beta": 1.0})
     g, ga = ctx.cam()
     assert g[0].flatten().tolist() == pytest.approx([0.125, 0.0, 0.0, 0.0])
     assert ga[0].flatten().tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0])
@@ -150,7 +152,7 @@ def test_aad_on_tiny_model_by_hand(closed_form):
 
 @pytest.mark.parametrize("closed_form", [True, False])
 def test_afm_on_tiny_model_by_hand(closed_form):
-    obj, model, ctx = tiny_context("afm", closed_form=closed_form, afm_lambda1=10.0, afm_lambda2=0.01)
+    obj, model, ctx = tiny_context("afm", closed_form=closed_form, afm={"lambda1": 10.0, "lambda2": 0.01})
     out = obj.regularizers[0](ctx)
     # D = ||phi(x) - phi(x_adv)||^2 / (C H W) = 0.125^2 / (2 * 2 * 2) = 0.015625 / 8
     assert ctx.parts["afm"].item() == pytest.approx(0.015625 / 8, abs=1e-9)
@@ -183,7 +185,7 @@ def test_attention_pairing_by_hand():
 
 
 def test_at_regularizer_on_tiny_model_by_hand():
-    obj, model, ctx = tiny_context("at", at_beta=2.0)
+    obj, model, ctx = tiny_context("at", at={"beta": 2.0})
     out = obj.regularizers[0](ctx)
     # group layer net.act: x -> A0 = [[1,0],[.5,0]], A1 = [[1.5,0],[.5,0]]: Q = (3.25, 0, 0.5, 0), |Q| = sqrt(10.8125)
     #                  x_adv -> A0 = A1 = [[.5,0],[.5,0]]:           Q = (0.5, 0, 0.5, 0) -> (1, 0, 1, 0)/sqrt 2
@@ -195,34 +197,34 @@ def test_at_regularizer_on_tiny_model_by_hand():
 
 
 # ---------------------------------------------------------------- gradients reach the convolutions
-def _single_term(model, preset, key, weights, seed=0):
+def _single_term(model, preset, key, sections, seed=0):
     torch.manual_seed(seed)
     x = torch.rand(4, *model.input_size)
     y = torch.arange(4) % 10
-    cfg = DefenseConfig(preset=preset, **weights)
+    cfg = DefenseConfig(preset=preset, **sections)
     obj = build_objective(cfg, FAST)
     x_adv = obj.base.craft(model, x, y)
-    ctx = Context(model, x, y, x_adv, defense=cfg, layers=obj.layers(model), need_clean=True)
+    ctx = Context(model, x, y, x_adv, fused_forward=cfg.fused_forward, layers=obj.layers(model), need_clean=True)
     (reg,) = obj.regularizers
     return reg(ctx)[key]
 
 
-ZERO = dict(aad_alpha=0.0, aad_beta=0.0, at_beta=0.0, afm_lambda1=0.0, afm_lambda2=0.0)
+ZERO = dict(aad={"alpha": 0.0, "beta": 0.0}, at={"beta": 0.0}, afm={"lambda1": 0.0, "lambda2": 0.0})
 TERMS = [
-    ("madry+aad", "aad_rect", {"aad_alpha": 1.0}),
-    ("madry+aad", "aad_pres", {"aad_beta": 1.0}),
-    ("madry+at", "at", {"at_beta": 1.0}),
-    ("afm", "afm", {"afm_lambda1": 1.0}),
-    ("afm", "afm_norm", {"afm_lambda2": 1.0}),
+    ("madry+aad", "aad_rect", {"aad": {"alpha": 1.0, "beta": 0.0}}),
+    ("madry+aad", "aad_pres", {"aad": {"alpha": 0.0, "beta": 1.0}}),
+    ("madry+at", "at", {"at": {"beta": 1.0}}),
+    ("afm", "afm", {"afm": {"lambda1": 1.0, "lambda2": 0.0}}),
+    ("afm", "afm_norm", {"afm": {"lambda1": 0.0, "lambda2": 1.0}}),
 ]
 
 
 @pytest.mark.parametrize("arch", ["lenet", "resnet9"])
-@pytest.mark.parametrize("preset,key,weights", TERMS, ids=[t[1] for t in TERMS])
-def test_attention_terms_reach_conv_weights(arch, preset, key, weights):
+@pytest.mark.parametrize("preset,key,sections", TERMS, ids=[t[1] for t in TERMS])
+def test_attention_terms_reach_conv_weights(arch, preset, key, sections):
     model = create_model(arch, width=0.25 if arch == "lenet" else 0.125).train()
     assert (model.classifier is None) == (arch == "lenet")  # one model with, one without the closed form
-    term = _single_term(model, preset, key, {**ZERO, **weights})
+    term = _single_term(model, preset, key, {**ZERO, **sections})
     assert term.requires_grad and torch.isfinite(term)
     term.backward()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -264,7 +266,7 @@ def test_base_objectives_match_formulas(preset):
     torch.manual_seed(1)
     model = create_model("lenet", width=0.25).train()
     x, y = _batch()
-    cfg = DefenseConfig(preset=preset, alp_lambda=0.7, trades_beta=3.0)
+    cfg = DefenseConfig(preset=preset, alp={"lambda": 0.7}, trades={"beta": 3.0})
     obj = build_objective(cfg, FAST)
     torch.manual_seed(5)
     loss, parts = obj(model, x, y)
@@ -347,12 +349,17 @@ def test_bad_preset_combinations(bad, needle):
 
 
 # ---------------------------------------------------------------- configs
-@pytest.mark.parametrize("kwargs", [
-    dict(alp_lambda=-1.0), dict(trades_beta=-0.1), dict(aad_alpha=-1), dict(afm_lambda2=-1e-3),
-    dict(aad_kappa="median"), dict(aad_kappa=True), dict(aad_kappa=None), dict(at_p=0.5), dict(fused_forward="yes"),
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(alp={"lambda": -1.0}), "defense.alp.lambda"), (dict(trades={"beta": -0.1}), "defense.trades.beta"),
+    (dict(aad={"alpha": -1}), "defense.aad.alpha"), (dict(afm={"lambda2": -1e-3}), "defense.afm.lambda2"),
+    (dict(aad={"kappa": "median"}), "kappa"), (dict(aad={"kappa": True}), "kappa"),
+    (dict(aad={"kappa": None}), "kappa"), (dict(at={"p": 0.5}), "defense.at.p"),
+    (dict(at={"power": 0}), "defense.at.power"), (dict(fused_forward="yes"), "fused_forward"),
+    (dict(aad={"alpha": "much"}), "defense.aad.alpha"), (dict(aad=3), "mapping"),
+    (dict(aad_alpha=-1), "defense.aad.alpha"),  # a flat alias is checked as its section key
 ])
-def test_defense_config_rejects(kwargs):
-    with pytest.raises(ConfigError) as err:
+def test_defense_config_rejects(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
         DefenseConfig(**kwargs)
     assert "\n" not in str(err.value)
 
@@ -368,18 +375,73 @@ def test_adversary_config_rejects(kwargs, needle):
 
 def test_config_defaults_and_from_dict():
     d, a = DefenseConfig(), AdversaryConfig()
-    assert (d.preset, d.alp_lambda, d.trades_beta, d.aad_alpha, d.aad_beta, d.aad_kappa) == ("madry", 0.5, 6.0, 0.01,
-                                                                                           0.01, "mean")
-    assert (d.at_beta, d.at_power, d.at_p, d.afm_lambda1, d.afm_lambda2, d.fused_forward) == (1.0, 2.0, 2.0, 10.0,
-                                                                                            0.01, True)
+    assert (d.preset, d.fused_forward) == ("madry", True)
+    assert (d.alp.weight, d.trades.beta, d.aad.alpha, d.aad.beta, d.aad.kappa) == (0.5, 6.0, 0.01, 0.01, "mean")
+    assert (d.at.beta, d.at.power, d.at.p, d.afm.lambda1, d.afm.lambda2) == (1.0, 2.0, 2.0, 10.0, 0.01)
+    assert d.params("aad") is d.aad and d.params("madry") == NoParams()
     assert (a.eps, a.step_size, a.steps, a.random_start, a.norm, a.bn_mode) == (0.3, 0.01, 40, True, "linf", "eval")
-    assert DefenseConfig.from_dict({"preset": "at+alp", "aad_kappa": 0.2}).aad_kappa == 0.2
+    assert DefenseConfig.from_dict({"preset": "at+alp", "aad": {"kappa": 0.2}}).aad.kappa == 0.2
+    assert DefenseConfig.from_dict({"aad": {"alpha": "1e-3"}}).aad.alpha == 0.001  # YAML 1.1 reads 1e-3 as text
     assert AdversaryConfig.from_dict(a.to_dict()) == a
     assert AdversaryConfig(eps=2.0, norm="l2").eps == 2.0  # L2 radii are not capped at 1
-    with pytest.raises(ConfigError, match="valid keys"):
-        DefenseConfig.from_dict({"alp_lamda": 1.0})
-    with pytest.raises(ConfigError, match="mapping"):
+    with pytest.raises(ConfigError, match="AdversaryConfig|mapping"):
         AdversaryConfig.from_dict([1, 2])
+
+
+def test_config_sections_in_the_old_order():
+    """config.yaml keeps every parameter, in the order of the flat keys it replaces; the dict reads back equal."""
+    d = DefenseConfig(preset="alp+aad", alp={"lambda": 0.7}, aad=AADParams(alpha=0.2, kappa=0.5))
+    out = d.to_dict()
+    assert list(out) == ["preset", "alp", "trades", "aad", "at", "afm", "fused_forward"]
+    assert out["alp"] == {"lambda": 0.7} and out["aad"] == {"alpha": 0.2, "beta": 0.01, "kappa": 0.5}
+    assert [k for section in ("alp", "trades", "aad", "at", "afm") for k in out[section]] == \
+        ["lambda", "beta", "alpha", "beta", "kappa", "beta", "power", "p", "lambda1", "lambda2"]
+    assert DefenseConfig.from_dict(out) == d
+    assert DefenseConfig.from_dict(out) != DefenseConfig.from_dict({**out, "aad": {"alpha": 0.3}})
+
+
+FLAT = {"preset": "alp+aad+at", "alp_lambda": 0.7, "trades_beta": 3.0, "aad_alpha": 0.2, "aad_beta": 0.3,
+        "aad_kappa": 0.4, "at_beta": 2.0, "at_power": 3.0, "at_p": 1.0, "afm_lambda1": 5.0, "afm_lambda2": 0.5,
+        "fused_forward": False}
+NESTED = {"preset": "alp+aad+at", "alp": {"lambda": 0.7}, "trades": {"beta": 3.0},
+          "aad": {"alpha": 0.2, "beta": 0.3, "kappa": 0.4}, "at": {"beta": 2.0, "power": 3.0, "p": 1.0},
+          "afm": {"lambda1": 5.0, "lambda2": 0.5}, "fused_forward": False}
+
+
+def test_flat_keys_are_aliases_of_the_sections():
+    assert normalize_defense_section(FLAT) == NESTED
+    assert normalize_defense_section(NESTED) == NESTED
+    old, new = DefenseConfig.from_dict(FLAT), DefenseConfig.from_dict(NESTED)
+    assert old == new and old.to_dict() == NESTED
+    assert (old.alp.weight, old.aad.kappa, old.at.p, old.afm.lambda2) == (0.7, 0.4, 1.0, 0.5)
+    assert DefenseConfig(**FLAT) == new  # keywords too
+    # an alias next to the section it belongs to fills that section in
+    assert DefenseConfig.from_dict({"aad_beta": 0.5, "aad": {"alpha": 0.2}}).aad == AADParams(alpha=0.2, beta=0.5)
+
+
+@pytest.mark.parametrize("data", [{"aad_alpha": 0.1, "aad": {"alpha": 0.2}}, {"alp_lambda": 1.0, "alp": 3}])
+def test_alias_and_its_key_together_are_refused(data):
+    with pytest.raises(ConfigError, match="old spelling") as err:
+        normalize_defense_section(data)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="old spelling"):
+        DefenseConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"alp_lamda": 1.0}, "Did you mean 'alp_lambda'"), ({"aad": {"gamma": 1}}, "Valid keys in defense.aad: alpha"),
+    ({"alp": {"weight": 1}}, "lambda"), ({"toy": {}}, "Valid keys in defense: preset"),
+])
+def test_unknown_defense_keys_list_the_valid_ones(data, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        DefenseConfig.from_dict(data)
+    assert "\n" not in str(err.value)
+
+
+def test_default_base_comes_from_the_regularizers():
+    assert REGULARIZERS.get("afm").default_base == "alp"
+    assert {REGULARIZERS.get(n).default_base for n in ("aad", "at")} == {"madry"}
+    assert parse_preset("afm")[0] == "alp" and parse_preset("at+afm")[0] == "alp" and parse_preset("aad")[0] == "madry"
 
 
 # ---------------------------------------------------------------- forward-pass plumbing
@@ -390,8 +452,8 @@ def test_fused_and_unfused_forward_agree(preset):
     x, y = _batch()
     losses = []
     for fused in (True, False):
-        obj = build_objective(DefenseConfig(preset=preset, fused_forward=fused, aad_alpha=1.0, aad_beta=1.0,
-                                            afm_lambda2=1.0), FAST)
+        obj = build_objective(DefenseConfig(preset=preset, fused_forward=fused, aad={"alpha": 1.0, "beta": 1.0},
+                                            afm={"lambda2": 1.0}), FAST)
         torch.manual_seed(3)
         loss, parts = obj(model, x, y)
         losses.append((loss, parts))
@@ -508,10 +570,10 @@ def test_aad_masked_forward_keeps_bn_running_statistics():
     torch.manual_seed(0)
     model = create_model("resnet9", width=0.125).train()
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
-    cfg = DefenseConfig(preset="madry+aad", aad_alpha=1.0)
+    cfg = DefenseConfig(preset="madry+aad", aad={"alpha": 1.0})
     obj = build_objective(cfg, AdversaryConfig(eps=0.03, step_size=0.01, steps=1))
     x_adv = obj.base.craft(model, x, y)
-    ctx = Context(model, x, y, x_adv, defense=cfg, layers=obj.layers(model))
+    ctx = Context(model, x, y, x_adv, fused_forward=cfg.fused_forward, layers=obj.layers(model))
     bn = model.net.layer1[0][1]
     stats, n = bn.running_mean.clone(), bn.num_batches_tracked.clone()
     out = obj.regularizers[0](ctx)

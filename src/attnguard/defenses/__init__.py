@@ -11,19 +11,23 @@ Paper map:
 
 Usage::
 
-    objective = build_objective(DefenseConfig(preset="alp+aad"), AdversaryConfig(eps=8/255, step_size=2/255, steps=10))
+    defense = DefenseConfig(preset="alp+aad", aad={"alpha": 0.1})   # one section per part
+    objective = build_objective(defense, AdversaryConfig(eps=8/255, step_size=2/255, steps=10))
     loss, parts = objective(model, x, y)   # parts: detached 0-dim tensors, no host sync
     loss.backward()
 """
 
-from .base import Base, Regularizer, crafting_mode, unwrap
-from .config import AdversaryConfig, DefenseConfig
+from .adversary import AdversaryConfig
+from .base import DEFAULT_BASE, BaseObjective, Regularizer, crafting_mode, unwrap
+from .config import DefenseConfig, normalize_defense_section
 from .context import Context
 from .objective import Objective, build_objective
+from .params import NoParams
 from .presets import PRESETS, canonical_name, parse_preset
 from .registry import BASES, REGULARIZERS
 
 __all__ = [
-    "AdversaryConfig", "DefenseConfig", "Objective", "build_objective", "PRESETS", "canonical_name",
-    "parse_preset", "BASES", "REGULARIZERS", "Base", "Regularizer", "Context", "unwrap", "crafting_mode",
+    "AdversaryConfig", "DefenseConfig", "normalize_defense_section", "Objective", "build_objective", "PRESETS",
+    "canonical_name", "parse_preset", "BASES", "REGULARIZERS", "BaseObjective", "Regularizer", "NoParams",
+    "DEFAULT_BASE", "Context", "unwrap", "crafting_mode",
 ]

@@ -12,6 +12,7 @@ g is the true-class Grad-CAM of the model's attention layer, unnormalized and di
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Dict, List, Union
 
 import torch
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention_area
+from ..errors import ConfigError
 from .base import Regularizer
+from .params import check_weight
 
 
 def attention_mask(cam: torch.Tensor, size, kappa: Union[str, float] = "mean") -> torch.Tensor:
@@ -68,34 +71,63 @@ def frozen_bn_statistics(model: nn.Module):
             m.track_running_stats = True
 
 
+@dataclass
+class AADParams:
+    """The ``defense.aad`` section.
+
+    Attributes:
+        alpha, beta: weights of the rectification and preservation losses (AAD eq. 10; the
+            paper's sensitivity study, sec. 5.4, uses 0.01 for both).
+        kappa: the eq. 3 threshold, ``"mean"`` (each map's own mean, the paper's choice) or a number.
+    """
+
+    alpha: float = 0.01
+    beta: float = 0.01
+    kappa: Union[str, float] = "mean"
+
+    def __post_init__(self):
+        self.alpha = check_weight("defense.aad.alpha", self.alpha)
+        self.beta = check_weight("defense.aad.beta", self.beta)
+        kappa = self.kappa
+        if isinstance(kappa, str):
+            if kappa != "mean":
+                raise ConfigError(f"defense.aad.kappa must be 'mean' or a number, got {kappa!r}")
+        elif isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or kappa != kappa:
+            raise ConfigError(f"defense.aad.kappa must be 'mean' or a number, got {kappa!r}")
+        else:
+            self.kappa = float(kappa)
+
+
 class AAD(Regularizer):
-    """``aad_alpha * L_r + aad_beta * L_p`` (AAD eq. 10; the paper's sec. 5.4 uses alpha = beta = 0.01).
+    """``alpha * L_r + beta * L_p`` (AAD eq. 10; the paper's sec. 5.4 uses alpha = beta = 0.01).
 
     Parts: ``aad_rect`` (L_r, unweighted, <= 0) and ``aad_pres`` (L_p, unweighted).
-    ``x^m`` and ``x_adv^m`` go through the (unwrapped) model in one forward pass.
+    ``x^m`` and ``x_adv^m`` go through the unwrapped model in one forward pass.
     """
 
     name = "aad"
+    Params = AADParams
+    default_base = "madry"
 
-    def layers(self, model: nn.Module) -> List[str]:
-        return [model.attention_layer]
+    def layers(self, inner: nn.Module) -> List[str]:
+        return [inner.attention_layer]
 
     def __call__(self, ctx) -> Dict[str, torch.Tensor]:
-        cfg = self.defense
+        cfg = self.params
         g_clean, g_adv = ctx.cam()
         out: Dict[str, torch.Tensor] = {}
-        if cfg.aad_alpha > 0:
+        if cfg.alpha > 0:
             b = ctx.x.shape[0]
-            masked = torch.cat([masked_input(ctx.x, g_clean, cfg.aad_kappa),
-                                masked_input(ctx.x_adv, g_adv, cfg.aad_kappa)])
-            with frozen_bn_statistics(ctx.net):
-                p_masked = F.softmax(ctx.net(masked).float(), 1)
+            masked = torch.cat([masked_input(ctx.x, g_clean, cfg.kappa),
+                                masked_input(ctx.x_adv, g_adv, cfg.kappa)])
+            with frozen_bn_statistics(ctx.inner):
+                p_masked = F.softmax(ctx.inner(masked).float(), 1)
             p_clean, p_adv = ctx.probabilities()
             l_r = rectification_loss(p_clean, p_masked[:b], p_adv, p_masked[b:])
             ctx.report("aad_rect", l_r)
-            out["aad_rect"] = cfg.aad_alpha * l_r
-        if cfg.aad_beta > 0:
+            out["aad_rect"] = cfg.alpha * l_r
+        if cfg.beta > 0:
             l_p = preservation_loss(g_clean, g_adv)
             ctx.report("aad_pres", l_p)
-            out["aad_pres"] = cfg.aad_beta * l_p
+            out["aad_pres"] = cfg.beta * l_p
         return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
-from .base import Base
-from .config import AdversaryConfig
+from .adversary import AdversaryConfig
+from .base import BaseObjective
 from .madry import training_pgd
+from .params import check_weight
 
 
 def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -16,8 +19,24 @@ def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch
     return d.pow(2).sum(1).mean()
 
 
-class ALP(Base):
-    """``0.5 (CE(f(x), y) + CE(f(x_adv), y)) + alp_lambda * mean_b ||f(x) - f(x_adv)||_2^2``.
+@dataclass
+class ALPParams:
+    """The ``defense.alp`` section.
+
+    Attributes:
+        weight: the logit pairing weight, ``lambda`` in the config (``defense.alp.lambda``; the
+            field cannot be called ``lambda``, a Python keyword). Kannan et al. 2018; AT+ALP eq. 2-3
+            alpha; AFM eq. 2 lambda. 0.5 follows Kannan et al.'s ALP setting.
+    """
+
+    weight: float = field(default=0.5, metadata={"key": "lambda"})
+
+    def __post_init__(self):
+        self.weight = check_weight("defense.alp.lambda", self.weight)
+
+
+class ALP(BaseObjective):
+    """``0.5 (CE(f(x), y) + CE(f(x_adv), y)) + lambda * mean_b ||f(x) - f(x_adv)||_2^2``.
 
     The classification term averages the clean and adversarial cross-entropies: Kannan et al.
     train on mixed minibatches of 50% clean and 50% adversarial examples, whose mean CE is this.
@@ -27,6 +46,7 @@ class ALP(Base):
 
     name = "alp"
     needs_clean_logits = True
+    Params = ALPParams
 
     def make_attack(self, adversary: AdversaryConfig):
         return training_pgd(adversary)
@@ -36,4 +56,4 @@ class ALP(Base):
         alp = logit_pairing(ctx.logits_clean, ctx.logits_adv)
         ctx.report("ce", ce)
         ctx.report("alp", alp)
-        return ce + self.defense.alp_lambda * alp
+        return ce + self.params.weight * alp

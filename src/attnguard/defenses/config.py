@@ -1,144 +1,175 @@
-"""Defense and in-training adversary settings: the one place their defaults live.
+"""Defense settings: which objective, whether its forward pass is fused, and one section per part.
 
-The trainer's ``RunConfig`` embeds these two dataclasses as its ``defense:`` and ``adversary:``
-sections; the CLI and the YAML configs fill them through :meth:`from_dict`. Every value is
-checked when the object is built, so a bad config fails before any training starts.
+The trainer's ``RunConfig`` embeds :class:`DefenseConfig` as its ``defense:`` section::
+
+    defense:
+      preset: madry+aad
+      alp: {lambda: 0.5}
+      trades: {beta: 6.0}
+      aad: {alpha: 0.01, beta: 0.01, kappa: mean}
+      at: {beta: 1.0, power: 2.0, p: 2.0}
+      afm: {lambda1: 10.0, lambda2: 0.01}
+      fused_forward: true
+
+Each section is the part's own ``Params`` dataclass (declared in the part's file), and there is
+one for every registered part, read from the registries when the config is built, so a part
+registered later gets its section too. The flat keys of earlier versions (``aad_alpha``,
+``alp_lambda``, ...) are aliases: config files and ``--set`` still accept them.
+
+Imports go one way: this module reads the registries and presets; no part imports it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Union
+from typing import Dict, Iterator, Tuple
 
-from ..errors import ConfigError, check_range
+from ..errors import ConfigError
+from .adversary import ADVERSARY_NORMS, BN_MODES, AdversaryConfig  # noqa: F401  (re-exported)
+from .params import NoParams, check_bool, params_from_dict, params_to_dict, unknown_keys_error
+from .presets import parse_preset
+from .registry import BASES, REGULARIZERS
 
-ADVERSARY_NORMS = ("linf", "l2")
-BN_MODES = ("eval", "train")
-
-
-def _from_dict(cls, data, section: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"the '{section}' section must be a mapping, got {type(data).__name__}")
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in '{section}'; valid keys: "
-                          + ", ".join(valid))
-    return cls(**data)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value
+# The flat keys of earlier versions -> (part, key in its section). Every config.yaml written
+# before the sections existed uses them, so they must keep resolving to the same values.
+FLAT_ALIASES: Dict[str, Tuple[str, str]] = {
+    "alp_lambda": ("alp", "lambda"),
+    "trades_beta": ("trades", "beta"),
+    "aad_alpha": ("aad", "alpha"),
+    "aad_beta": ("aad", "beta"),
+    "aad_kappa": ("aad", "kappa"),
+    "at_beta": ("at", "beta"),
+    "at_power": ("at", "power"),
+    "at_p": ("at", "p"),
+    "afm_lambda1": ("afm", "lambda1"),
+    "afm_lambda2": ("afm", "lambda2"),
+}
 
 
-@dataclass
+def part_params() -> Iterator[Tuple[str, type]]:
+    """``(name, Params class)`` of every registered part: bases, then regularizers, in registration order."""
+    for entry in (*BASES.entries(), *REGULARIZERS.entries()):
+        yield entry.name, getattr(entry.builder, "Params", NoParams)
+
+
+def normalize_defense_section(d: dict) -> dict:
+    """A ``defense:`` mapping with the flat aliases moved into their sections (``aad_alpha`` -> ``aad: {alpha}``).
+
+    Returns a new dict; anything that is not an alias is kept as is (unknown keys are for
+    :meth:`DefenseConfig.from_dict` to report). An alias and the key it stands for, both given,
+    raise :class:`ConfigError`: which one was meant cannot be told.
+    """
+    if not isinstance(d, dict):
+        return d
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in FLAT_ALIASES}
+    for flat, (part, key) in FLAT_ALIASES.items():
+        if flat not in d:
+            continue
+        if out.get(part) is None:
+            out[part] = {}
+        section = out[part]
+        if not isinstance(section, dict) or key in section:
+            raise ConfigError(f"defense.{flat} is the old spelling of defense.{part}.{key}, and both are given; "
+                              f"keep defense.{part}.{key}")
+        section[key] = d[flat]
+    return out
+
+
 class DefenseConfig:
-    """Which objective to train and the weights of its terms.
+    """Which objective to train, and the settings of its parts.
 
     Attributes:
         preset: a defense name (``attnguard list defenses``), e.g. ``madry``, ``alp+aad``, ``at+alp``.
-        alp_lambda: weight of the logit pairing term (Kannan et al. 2018; AT+ALP eq. 2-3 alpha;
-            AFM eq. 2 lambda). 0.5 follows Kannan et al.'s ALP setting.
-        trades_beta: TRADES regularization weight beta (Zhang et al. 2019 use 6 on CIFAR-10).
-        aad_alpha, aad_beta: weights of AAD's rectification and preservation losses (AAD eq. 10;
-            the paper's sensitivity study, sec. 5.4, uses 0.01 for both).
-        aad_kappa: AAD eq. 3 threshold, ``"mean"`` (each map's own mean, the paper's choice) or a number.
-        at_beta: weight of AT+ALP's attention pairing (eq. 2 beta; the paper gives no value, 1.0 is ours).
-        at_power: exponent of ``sum_c |A_c|^power`` in the attention map (Zagoruyko & Komodakis use 2).
-        at_p: the norm of AT+ALP eq. 4 (the paper uses p = 2, a norm, not squared).
-        afm_lambda1: weight of AFM's CAM feature distance (AFM eq. 6; the paper uses 10).
-        afm_lambda2: weight of AFM's norm decay (AFM eq. 6; no value in the paper, 0.01 is ours).
         fused_forward: run clean and adversarial examples through the model in one forward pass
             (one ``torch.cat`` batch). With BatchNorm in train mode this computes batch statistics
             over the mixed batch, as Kannan et al.'s 50/50 mixed batches do.
+        alp, trades, aad, at, afm, ...: one section per registered part, that part's ``Params``
+            dataclass (e.g. ``cfg.aad.alpha``); :meth:`params` gets one by name.
+
+    Sections are given as keywords, each a mapping in config spelling or a ``Params`` instance:
+    ``DefenseConfig(preset="alp+aad", alp={"lambda": 0.7}, aad=AADParams(alpha=0.1))``. The flat
+    aliases work here too (``DefenseConfig(aad_alpha=0.1)``). Every value is checked when the
+    object is built, so a bad config fails before any training starts.
     """
 
-    preset: str = "madry"
-    alp_lambda: float = 0.5
-    trades_beta: float = 6.0
-    aad_alpha: float = 0.01
-    aad_beta: float = 0.01
-    aad_kappa: Union[str, float] = "mean"
-    at_beta: float = 1.0
-    at_power: float = 2.0
-    at_p: float = 2.0
-    afm_lambda1: float = 10.0
-    afm_lambda2: float = 0.01
-    fused_forward: bool = True
+    def __init__(self, preset: str = "madry", fused_forward: bool = True, **sections):
+        self._build(preset, fused_forward, sections, "defense")
 
-    def __post_init__(self):
-        from .presets import parse_preset  # presets import the registries, which import this module
+    def _build(self, preset, fused_forward, sections: dict, path: str) -> None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"{path}.preset must be a defense name, got {preset!r}")
+        parse_preset(preset)
+        self.preset = preset
+        self.fused_forward = check_bool(f"{path}.fused_forward", fused_forward)
+        sections = normalize_defense_section(sections)
+        classes = dict(part_params())
+        unknown = [k for k in sections if k not in classes]
+        if unknown:
+            raise _unknown(unknown, path, classes)
+        self._sections = {name: _section(cls, sections.get(name), f"{path}.{name}") for name, cls in classes.items()}
 
-        if not isinstance(self.preset, str):
-            raise ConfigError(f"defense preset must be a name, got {self.preset!r}")
-        parse_preset(self.preset)
-        for name in ("alp_lambda", "trades_beta", "aad_alpha", "aad_beta", "at_beta", "afm_lambda1", "afm_lambda2"):
-            setattr(self, name, float(check_range(f"defense.{name}", getattr(self, name), 0.0)))
-        kappa = self.aad_kappa
-        if isinstance(kappa, str):
-            if kappa != "mean":
-                raise ConfigError(f"defense.aad_kappa must be 'mean' or a number, got {kappa!r}")
-        elif isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or kappa != kappa:
-            raise ConfigError(f"defense.aad_kappa must be 'mean' or a number, got {kappa!r}")
-        else:
-            self.aad_kappa = float(kappa)
-        self.at_power = float(check_range("defense.at_power", self.at_power, 1e-12))
-        self.at_p = float(check_range("defense.at_p", self.at_p, 1.0))
-        _check_bool("defense.fused_forward", self.fused_forward)
+    def params(self, name: str):
+        """The section of part ``name`` (its ``Params``); defaults for a part registered after this config was built."""
+        if name in self._sections:
+            return self._sections[name]
+        classes = dict(part_params())
+        if name not in classes:
+            raise _unknown([name], "defense", classes)
+        return classes[name]()
 
-    @classmethod
-    def from_dict(cls, data) -> "DefenseConfig":
-        """Build from a config section; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        return _from_dict(cls, data, "defense")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class AdversaryConfig:
-    """The attack used inside training to craft ``x_adv``.
-
-    Defaults follow the papers' MNIST setting (Madry et al. 2018: eps 0.3, step 0.01, 40 steps,
-    random start); CIFAR configs set eps 8/255, step 2/255 and 7 or 10 steps.
-
-    Attributes:
-        eps: radius in [0, 1] pixel units (L-inf: at most 1; L2: any non-negative radius).
-        step_size: PGD step size alpha.
-        steps: PGD iterations (>= 1).
-        random_start: Madry's uniform start in the ball. TRADES always starts from
-            ``x + 0.001 N(0, 1)`` because its KL objective has zero gradient at ``x``.
-        norm: ``"linf"`` or ``"l2"``.
-        bn_mode: ``"eval"`` crafts with the model in eval mode (TRADES practice: BatchNorm uses and
-            keeps its running statistics) and restores the previous modes; ``"train"`` crafts in
-            train mode (Madry et al.'s practice; BN statistics are updated by the attack's passes).
-    """
-
-    eps: float = 0.3
-    step_size: float = 0.01
-    steps: int = 40
-    random_start: bool = True
-    norm: str = "linf"
-    bn_mode: str = "eval"
-
-    def __post_init__(self):
-        if self.norm not in ADVERSARY_NORMS:
-            raise ConfigError(f"adversary.norm must be one of {', '.join(ADVERSARY_NORMS)}, got {self.norm!r}")
-        if self.bn_mode not in BN_MODES:
-            raise ConfigError(f"adversary.bn_mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}")
-        self.eps = float(check_range("adversary.eps", self.eps, 0.0, 1.0 if self.norm == "linf" else None))
-        self.step_size = float(check_range("adversary.step_size", self.step_size, 0.0))
-        self.steps = check_range("adversary.steps", self.steps, 1, integer=True)
-        _check_bool("adversary.random_start", self.random_start)
+    def __getattr__(self, name: str):
+        # only called for names that are not ordinary attributes: the sections
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self.__dict__.get("_sections", {}) or any(n == name for n, _ in part_params()):
+            return self.params(name)
+        raise AttributeError(f"'DefenseConfig' object has no attribute '{name}'")
 
     @classmethod
-    def from_dict(cls, data) -> "AdversaryConfig":
-        """Build from a config section; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        return _from_dict(cls, data, "adversary")
+    def from_dict(cls, data, path: str = "defense") -> "DefenseConfig":
+        """Build from a config section (nested sections or flat aliases); unknown keys raise
+        :class:`ConfigError` on one line listing the valid ones."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must be a mapping of keys to values, got {type(data).__name__}")
+        data = normalize_defense_section(data)
+        classes = dict(part_params())
+        unknown = [k for k in data if k not in ("preset", "fused_forward") and k not in classes]
+        if unknown:
+            raise _unknown(unknown, path, classes)
+        sections = {k: v for k, v in data.items() if k in classes}
+        self = cls.__new__(cls)
+        self._build(data.get("preset", "madry"), data.get("fused_forward", True), sections, path)
+        return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """``preset``, the sections with parameters in registration order, then ``fused_forward``."""
+        out = {"preset": self.preset}
+        for name, params in self._sections.items():
+            section = params_to_dict(params)
+            if section:  # parts without parameters (standard, madry) have nothing to record
+                out[name] = section
+        out["fused_forward"] = self.fused_forward
+        return out
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, DefenseConfig):
+            return NotImplemented
+        return (self.preset, self.fused_forward, self._sections) == (other.preset, other.fused_forward,
+                                                                     other._sections)
+
+    def __repr__(self) -> str:
+        sections = ", ".join(f"{n}={p!r}" for n, p in self._sections.items() if params_to_dict(p))
+        return f"DefenseConfig(preset={self.preset!r}, fused_forward={self.fused_forward!r}, {sections})"
+
+
+def _section(cls, value, path: str):
+    if value is None or isinstance(value, dict):
+        return params_from_dict(cls, value, path)
+    if isinstance(value, cls):
+        return value
+    raise ConfigError(f"{path} must be a mapping of keys to values (or a {cls.__name__}), got {value!r}")
+
+
+def _unknown(unknown, path: str, classes) -> ConfigError:
+    return unknown_keys_error(unknown, path, ["preset", *classes, "fused_forward"], FLAT_ALIASES)

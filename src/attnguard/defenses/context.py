@@ -16,12 +16,11 @@ from torch import nn
 from ..attention import cam_from_activation, closed_form_classifier
 from ..attention.hooks import forward_with_activations
 from .base import unwrap
-from .config import DefenseConfig
 
 
-def _run(caller: nn.Module, net: nn.Module, inputs: torch.Tensor, layers: Sequence[str]):
-    """Logits of ``caller(inputs)`` and the outputs of ``layers`` (hooked on ``net``, the inner model)."""
-    return forward_with_activations(caller, inputs, list(layers), hooked=net)
+def _run(caller: nn.Module, inner: nn.Module, inputs: torch.Tensor, layers: Sequence[str]):
+    """Logits of ``caller(inputs)`` and the outputs of ``layers`` (hooked on ``inner``, the unwrapped model)."""
+    return forward_with_activations(caller, inputs, list(layers), hooked=inner)
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -32,19 +31,19 @@ class Context:
     """Everything the base loss and the regularizers read for one batch.
 
     Attributes:
-        model: the model as passed in (possibly a DDP wrapper); only the main forward uses it.
-        net: the unwrapped model (metadata, hooks, extra forwards).
+        model: the model as passed in (possibly a DDP or compile wrapper); only the main forward uses it.
+        inner: the unwrapped model (metadata, hooks, extra forwards).
         x, y, x_adv: the batch and its adversarial counterpart (``x_adv`` None without an adversary).
         logits_clean, logits_adv: ``[B, K]`` logits, or None when not computed.
         parts: unweighted values reported so far (detached 0-dim tensors).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Optional[torch.Tensor], *,
-                 defense: DefenseConfig, layers: Sequence[str] = (), need_clean: bool = True):
+                 fused_forward: bool = True, layers: Sequence[str] = (), need_clean: bool = True):
         self.model = model
-        self.net = unwrap(model)
+        self.inner = unwrap(model)
         self.x, self.y, self.x_adv = x, y, x_adv
-        self.defense = defense
+        self.fused_forward = fused_forward
         self.layers: List[str] = list(dict.fromkeys(layers))
         self.logits_clean: Optional[torch.Tensor] = None
         self.logits_adv: Optional[torch.Tensor] = None
@@ -61,11 +60,11 @@ class Context:
         if x_adv is None:
             if layers:
                 raise ValueError("attention regularizers need adversarial examples (the base has no adversary)")
-            self.logits_clean, _ = _run(self.model, self.net, x, [])
+            self.logits_clean, _ = _run(self.model, self.inner, x, [])
             return
-        if need_clean and self.defense.fused_forward:
+        if need_clean and self.fused_forward:
             b = x.shape[0]
-            logits, acts = _run(self.model, self.net, torch.cat([x, x_adv]), layers)
+            logits, acts = _run(self.model, self.inner, torch.cat([x, x_adv]), layers)
             self.fused = True
             self._joint = (logits, dict(zip(layers, acts)))
             self.logits_clean, self.logits_adv = logits[:b], logits[b:]
@@ -73,10 +72,10 @@ class Context:
             self._acts_adv = {n: a[b:] for n, a in zip(layers, acts)}
             return
         # Separate passes: the adversarial one (always needed) is the main pass through the wrapper.
-        self.logits_adv, acts = _run(self.model, self.net, x_adv, layers)
+        self.logits_adv, acts = _run(self.model, self.inner, x_adv, layers)
         self._acts_adv = dict(zip(layers, acts))
         if need_clean:
-            self.logits_clean, acts = _run(self.net, self.net, x, layers)
+            self.logits_clean, acts = _run(self.inner, self.inner, x, layers)
             self._acts_clean = dict(zip(layers, acts))
 
     def activations(self, layer: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +94,8 @@ class Context:
         layer in the models where that path is taken, which have no BatchNorm there).
         """
         if self._cam is None:
-            layer = self.net.attention_layer
-            fc = closed_form_classifier(self.net, None)
+            layer = self.inner.attention_layer
+            fc = closed_form_classifier(self.inner, None)
             if self._joint is not None and layer in self._joint[1]:
                 logits, acts = self._joint
                 g = cam_from_activation(logits, acts[layer], torch.cat([self.y, self.y]), classifier=fc,

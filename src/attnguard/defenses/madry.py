@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.pgd import PGD
-from .base import Base
-from .config import AdversaryConfig
+from .adversary import AdversaryConfig
+from .base import BaseObjective
 
 
 def training_pgd(adversary: AdversaryConfig) -> PGD:
@@ -17,8 +17,11 @@ def training_pgd(adversary: AdversaryConfig) -> PGD:
                random_start=adversary.random_start, loss="ce", skip_misclassified=False)
 
 
-class Madry(Base):
-    """``CE(f(x_adv), y)`` with ``x_adv`` the PGD maximizer of the CE loss in the eps-ball (AT+ALP eq. 1)."""
+class Madry(BaseObjective):
+    """``CE(f(x_adv), y)`` with ``x_adv`` the PGD maximizer of the CE loss in the eps-ball (AT+ALP eq. 1).
+
+    No parameters: the adversary's settings are the ``adversary:`` section.
+    """
 
     name = "madry"
     needs_clean_logits = False

@@ -13,8 +13,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .base import Base, Regularizer, unwrap
-from .config import AdversaryConfig, DefenseConfig
+from .adversary import AdversaryConfig
+from .base import BaseObjective, Regularizer, unwrap
+from .config import DefenseConfig
 from .context import Context
 from .presets import canonical_name, parse_preset
 from .registry import BASES, REGULARIZERS
@@ -26,17 +27,17 @@ class Objective:
     Args:
         base: the base objective (owns the adversary).
         regularizers: attention regularizers (require a base with an adversary).
-        defense: term weights and ``fused_forward``.
         name: the canonical defense name.
+        fused_forward: run clean and adversarial examples through the model in one forward pass.
     """
 
-    def __init__(self, base: Base, regularizers: List[Regularizer], defense: DefenseConfig, name: str):
+    def __init__(self, base: BaseObjective, regularizers: List[Regularizer], name: str, *, fused_forward: bool = True):
         if regularizers and not base.has_adversary:
             raise ValueError(f"base '{base.name}' has no adversary; regularizers pair clean and adversarial examples")
         self.base = base
         self.regularizers = list(regularizers)
-        self.defense = defense
         self.name = name
+        self.fused_forward = fused_forward
 
     @property
     def attack(self):
@@ -44,14 +45,17 @@ class Objective:
         return self.base.attack
 
     def layers(self, model: nn.Module) -> List[str]:
-        net = unwrap(model)
-        return list(dict.fromkeys(name for r in self.regularizers for name in r.layers(net)))
+        inner = unwrap(model)
+        return list(dict.fromkeys(name for r in self.regularizers for name in r.layers(inner)))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        net = unwrap(model)
-        x_adv = self.base.craft(net, x, y)
+        """``model`` as the caller has it (possibly a DDP or compile wrapper): its one main forward
+        runs through it; crafting and metadata use the unwrapped model."""
+        inner = unwrap(model)
+        x_adv = self.base.craft(inner, x, y)
         need_clean = self.base.needs_clean_logits or bool(self.regularizers)
-        ctx = Context(model, x, y, x_adv, defense=self.defense, layers=self.layers(net), need_clean=need_clean)
+        ctx = Context(model, x, y, x_adv, fused_forward=self.fused_forward, layers=self.layers(inner),
+                      need_clean=need_clean)
         loss = self.base.loss(ctx)
         for reg in self.regularizers:
             for term in reg(ctx).values():
@@ -62,14 +66,14 @@ class Objective:
         return loss, parts
 
     def __repr__(self) -> str:
-        return f"Objective({self.name}: {self.base!r}, regularizers={[r.name for r in self.regularizers]})"
+        return f"Objective({self.name}: {self.base!r}, regularizers={self.regularizers!r})"
 
 
 def build_objective(defense: Optional[DefenseConfig] = None, adversary: Optional[AdversaryConfig] = None) -> Objective:
-    """The objective named by ``defense.preset`` with the given term weights and in-training adversary."""
+    """The objective named by ``defense.preset``; each part gets its own section of ``defense``."""
     defense = defense if defense is not None else DefenseConfig()
     adversary = adversary if adversary is not None else AdversaryConfig()
     base_name, reg_names = parse_preset(defense.preset)
-    base = BASES.build(base_name, defense, adversary)
-    regs = [REGULARIZERS.build(n, defense) for n in reg_names]
-    return Objective(base, regs, defense, canonical_name(defense.preset))
+    base = BASES.build(base_name, defense.params(base_name), adversary)
+    regs = [REGULARIZERS.build(n, defense.params(n)) for n in reg_names]
+    return Objective(base, regs, canonical_name(defense.preset), fused_forward=defense.fused_forward)

@@ -1,8 +1,8 @@
 """Defense names: presets as the papers name them, and ``base+regularizer[+regularizer]`` spellings.
 
-Any order parses (``aad+alp`` = ``alp+aad``). Without a base, the base is ``madry``, except that a
-spelling with ``afm`` uses ``alp`` (AFM eq. 6 builds on ALP, eq. 2). ``at`` alone is AT+ALP's
-"Our AT" (PGD-AT + attention pairing); ``at+alp`` is their AT+ALP.
+Any order parses (``aad+alp`` = ``alp+aad``). Without a base, the base is the one the regularizers
+name as their ``default_base``: ``madry`` for most, ``alp`` for ``afm`` (AFM eq. 6 builds on ALP,
+eq. 2). ``at`` alone is AT+ALP's "Our AT" (PGD-AT + attention pairing); ``at+alp`` is their AT+ALP.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import difflib
 from typing import Dict, Tuple
 
 from ..errors import ConfigError, UnknownNameError
+from .base import DEFAULT_BASE
 from .registry import BASES, REGULARIZERS
 
 PRESETS: Dict[str, str] = {
@@ -66,15 +67,25 @@ def parse_preset(name: str) -> Tuple[str, Tuple[str, ...]]:
     if len(bases) > 1:
         raise ConfigError(f"defense '{name}' names {len(bases)} bases ({', '.join(bases)}); use one of "
                           f"{', '.join(BASES.names())} plus any of {', '.join(REGULARIZERS.names())}")
-    if bases:
-        base = bases[0]
-    else:
-        base = "alp" if "afm" in regs else "madry"
+    base = bases[0] if bases else _default_base(name, regs)
     if base == "standard" and regs:
         raise ConfigError(f"defense '{name}': the regularizers ({', '.join(regs)}) pair clean and adversarial "
                           "examples, and 'standard' makes no adversarial examples; use madry, alp or trades")
     order = REGULARIZERS.names()
     return base, tuple(sorted(regs, key=order.index))
+
+
+def _default_base(name: str, regs) -> str:
+    """The base the regularizers ask for; ``DEFAULT_BASE`` (madry) is the fallback any other request overrides."""
+    wanted = sorted({getattr(REGULARIZERS.get(r), "default_base", DEFAULT_BASE) for r in regs} - {DEFAULT_BASE})
+    if len(wanted) > 1:
+        raise ConfigError(f"defense '{name}': its regularizers default to different bases ({', '.join(wanted)}); "
+                          f"name one, e.g. '{wanted[0]}+{name}'")
+    base = wanted[0] if wanted else DEFAULT_BASE
+    if base not in BASES:
+        raise ConfigError(f"defense '{name}': a regularizer's default_base '{base}' is not a base; valid bases: "
+                          f"{', '.join(BASES.names())}")
+    return base
 
 
 def canonical_name(name: str) -> str:

@@ -1,7 +1,10 @@
 """The defense registries: bases (what is classified, how x_adv is made) and attention regularizers.
 
-Adding a regularizer takes one file (a :class:`~attnguard.defenses.base.Regularizer` subclass)
-and one ``REGULARIZERS.add`` line here; presets, parsing and ``attnguard list`` pick it up.
+Adding a regularizer takes one file (a :class:`~attnguard.defenses.base.Regularizer` subclass
+with its ``Params`` dataclass and ``default_base``) and one ``REGULARIZERS.add`` line here;
+presets, parsing, the ``defense.<name>`` config section and ``attnguard list`` pick it up.
+Registration order is the order of the sections in ``config.yaml``: bases, then regularizers.
+This module imports the parts and nothing that imports it back.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Base
+from .base import BaseObjective
 
 
-class Standard(Base):
-    """``CE(f(x), y)``. No adversary, so no attention regularizer can be added."""
+class Standard(BaseObjective):
+    """``CE(f(x), y)``. No adversary, so no attention regularizer can be added; no parameters."""
 
     name = "standard"
     needs_clean_logits = True
