@@ -34,7 +34,7 @@ def _main(argv):
     ("defenses", ["madry", "madry+aad", "alp+aad", "at+alp", "trades", "afm"]),
     ("regularizers", ["aad", "at", "afm"]),
     ("attacks", ["fgsm", "pgd", "autoattack"]),
-    ("configs", ["configs/aad/cifar10-resnet9-madry+aad.yaml"]),
+    ("configs", ["aad/cifar10-resnet9-madry+aad"]),
 ])
 def test_list(capsys, monkeypatch, what, expect):
     monkeypatch.chdir(REPO)

@@ -16,7 +16,8 @@ from .errors import AttnGuardError, ConfigError
 
 EPILOG = """examples:
   attnguard train                                  # AAD MNIST row (LeNet, madry+aad, eps 0.3) on mnist-5k, CPU
-  attnguard train --config configs/atalp/cifar10-resnet18-at+alp.yaml --data-root ~/data --download
+  attnguard train --config atalp/cifar10-resnet18-at+alp --data-root ~/data --download
+  attnguard list configs                           # the packaged configs, one per paper table row
   attnguard eval runs/RUN --attacks fgsm,pgd-20,cw-20,autoattack --n-examples 1000 --sanity
   attnguard explain runs/RUN --attack pgd-20 --n 16 --out gallery.png
   attnguard analyze runs/RUN --boxes boxes.csv
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "Flags override values of --config; --set KEY=VALUE overrides any config key. "
                        "Checkpoints are written at each epoch end (and every train.checkpoint_every steps); "
                        "a killed run continues with --resume. Exit status 3 when the loss becomes NaN/inf.")
-    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/)")
+    t.add_argument("--config", metavar="NAME_OR_FILE", help="a packaged config by name, e.g. "
+                   "aad/mnist5k-lenet-madry (attnguard list configs), or a YAML file; a file may say "
+                   "'extends: NAME' and override keys")
     t.add_argument("--dataset", metavar="D", help="dataset name (attnguard list datasets)")
     t.add_argument("--data-root", metavar="DIR", help="where torchvision datasets live")
     t.add_argument("--download", action="store_true", default=None, help="download a missing torchvision dataset")
@@ -269,7 +272,13 @@ def cmd_export(args) -> int:
 def cmd_list(args) -> int:
     from .train.validate import listing
 
-    for name, desc in listing(args.what):
+    if args.what == "configs":  # the packaged configs, so the listing is the same from any directory
+        from .configs import list_configs
+
+        rows = list_configs()
+    else:
+        rows = listing(args.what)
+    for name, desc in rows:
         print(f"{name:<28} {desc}")
     return 0
 

@@ -253,22 +253,11 @@ def from_dict(cls, data, path: str = ""):
 
 
 def load_yaml(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data, model, defense, ...)")
-    return data
+    """A config file's mapping: ``path`` is a file, or a packaged config name such as
+    ``aad/mnist5k-lenet-madry``; its ``extends:`` chain is merged in (see attnguard.configs)."""
+    from ..configs import load_config_file
+
+    return load_config_file(path)
 
 
 def set_path(d: dict, dotted: str, value) -> None:
