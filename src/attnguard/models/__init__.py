@@ -17,6 +17,8 @@ from .cifar import PreActResNet, ResNet9, WideResNet
 from .imagenet import cifar_resnet18, imagenet_resnet
 from .small import LeNet, SmallCNN
 
+# meta: input_size, attention_layer, group_layers, classifier (see above); pretrainable (torchvision
+# ImageNet weights); takes_width (a ``width`` multiplier, which the run config's model.width feeds)
 MODELS = Registry("model")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,18 +28,18 @@ _RESNET_GROUPS = ["net.layer1", "net.layer2", "net.layer3", "net.layer4"]
 
 MODELS.add("lenet", LeNet, "Madry et al. MNIST CNN: conv32-conv64 (5x5, max pool), fc1024 (AAD MNIST row)",
            input_size=(1, 28, 28), attention_layer="net.block2", group_layers=["net.block1", "net.block2"],
-           classifier=None)
+           classifier=None, takes_width=True)
 MODELS.add("small-cnn", SmallCNN, "TRADES four-conv MNIST network: 32-32-64-64, fc200-200",
            input_size=(1, 28, 28), attention_layer="net.block2", group_layers=["net.block1", "net.block2"],
-           classifier=None)
+           classifier=None, takes_width=True)
 MODELS.add("resnet9", ResNet9, "ResNet-9 (DAWNBench) for 32x32 inputs, GAP head (AAD CIFAR-10 row)",
            input_size=(3, 32, 32), attention_layer="net.layer3",
-           group_layers=["net.layer1", "net.layer2", "net.layer3"], classifier="net.fc")
+           group_layers=["net.layer1", "net.layer2", "net.layer3"], classifier="net.fc", takes_width=True)
 MODELS.add("preact-resnet18",
            lambda num_classes=10, input_size=(3, 32, 32), width=1.0: PreActResNet(num_classes, input_size, width=width),
            "Pre-activation ResNet-18 for 32x32 inputs (Rice et al. 2020 baseline)",
            input_size=(3, 32, 32), attention_layer="net.final",
-           group_layers=["net.layer1", "net.layer2", "net.layer3", "net.final"], classifier="net.fc")
+           group_layers=["net.layer1", "net.layer2", "net.layer3", "net.final"], classifier="net.fc", takes_width=True)
 MODELS.add("resnet18", cifar_resnet18, "torchvision ResNet-18 with the CIFAR stem (AT+ALP CIFAR-10 Table 1)",
            input_size=(3, 32, 32), attention_layer="net.layer4", group_layers=_RESNET_GROUPS, classifier="net.fc")
 for _depth in (28, 34):

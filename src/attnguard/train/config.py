@@ -1,9 +1,10 @@
 """Run configuration: dataclasses with the defaults, YAML files in ``configs/``, flags on top.
 
 Layers, later ones winning: dataclass defaults -> the dataset family's adversary defaults
-(MNIST-like: eps 0.3, step 0.01; RGB: eps 8/255, step 2/255) -> the YAML file -> command-line
-flags. The dataclasses are the one source of defaults; ``attnguard train`` with no arguments
-is the AAD paper's MNIST row (LeNet, madry+aad, eps 0.3) on the offline ``mnist-5k`` digits.
+(the ``family`` of the dataset's registry entry; gray, MNIST-like: eps 0.3, step 0.01; rgb:
+eps 8/255, step 2/255) -> the YAML file -> command-line flags. The dataclasses are the one
+source of defaults; ``attnguard train`` with no arguments is the AAD paper's MNIST row (LeNet,
+madry+aad, eps 0.3) on the offline ``mnist-5k`` digits.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ..defenses.config import AdversaryConfig, DefenseConfig
+from ..data import DATASETS
+from ..defenses.config import AdversaryConfig, DefenseConfig, normalize_defense_section
 from ..errors import ConfigError, check_range
+from ..models import MODELS
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
@@ -39,7 +42,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "lenet"
-    width: Optional[float] = 0.5  # lenet/small-cnn/resnet9/preact-resnet18 width multiplier
+    width: Optional[float] = 0.5  # width multiplier, for the models whose registry entry says takes_width
     pretrained: bool = False
     options: Dict[str, Any] = field(default_factory=dict)  # other builder options (widen_factor, dropout)
 
@@ -49,7 +52,7 @@ class ModelConfig:
 
     def kwargs(self) -> dict:
         kw = dict(self.options)
-        if self.width is not None and self.name in ("lenet", "small-cnn", "resnet9", "preact-resnet18"):
+        if self.width is not None and self.name in MODELS and MODELS.entry(self.name).meta.get("takes_width"):
             kw["width"] = self.width
         if self.pretrained:
             kw["pretrained"] = True
@@ -145,7 +148,9 @@ class RunConfig:
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["defense"] = self.defense.to_dict()  # nested sections, not the object's internals
+        return out
 
 
 # Adversary defaults by input family, applied under the YAML file and the flags.
@@ -155,7 +160,13 @@ FAMILY_DEFAULTS = {
             "optim": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9},
             "train": {"batch_size": 128}, "model": {"width": None}},
 }
-GRAY_DATASETS = ("mnist-5k", "mnist", "fashion-mnist")
+
+
+def dataset_family(name: str) -> str:
+    """``family`` from the dataset's registry entry; ``rgb`` for a name no entry has (it fails later, by name)."""
+    kind, sep, _ = str(name).partition(":")
+    key = f"{kind}:<dir>" if sep else name
+    return DATASETS.entry(key).meta.get("family", "rgb") if key in DATASETS else "rgb"
 
 
 def _choice(name, value, allowed):
@@ -225,6 +236,8 @@ def _check_type(path: str, value, tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")
         return dict(value)
+    if tp is DefenseConfig:  # its sections come from the registries, not from dataclass fields
+        return DefenseConfig.from_dict(value, path)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     return value
@@ -271,12 +284,14 @@ def set_path(d: dict, dotted: str, value) -> None:
 
 def resolve_config(file: Optional[str] = None, overrides: Optional[dict] = None) -> RunConfig:
     """Defaults, then family defaults, then ``file``, then ``overrides`` (a nested dict)."""
-    file_data = load_yaml(file) if file else {}
-    overrides = overrides or {}
+    # each layer's flat defense aliases (aad_alpha) become sections before the layers merge, so a
+    # nested --set overrides an old file's flat key instead of clashing with it
+    file_data = _with_defense_sections(load_yaml(file) if file else {})
+    overrides = _with_defense_sections(overrides or {})
     user = _merge(file_data, overrides)
     data_section = user.get("data") if isinstance(user.get("data"), dict) else {}
     name = data_section.get("name", DataConfig.name)
-    family = "gray" if name in GRAY_DATASETS else "rgb"
+    family = dataset_family(name)
     layered = _merge(FAMILY_DEFAULTS[family], user)
     defaults = RunConfig().to_dict()
     # defaults for sections the user left alone come from the dataclasses via from_dict
@@ -287,6 +302,12 @@ def resolve_config(file: Optional[str] = None, overrides: Optional[dict] = None)
         else:
             merged[section] = value
     return from_dict(RunConfig, merged)
+
+
+def _with_defense_sections(layer: dict) -> dict:
+    if isinstance(layer, dict) and isinstance(layer.get("defense"), dict):
+        return {**layer, "defense": normalize_defense_section(layer["defense"])}
+    return layer
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -71,19 +71,21 @@ class Trainer:
         n_val = min(cfg.data.val_size, len(ds.train.labels) // 5)
         self.train_split, self.val_split = split_holdout(ds.train, n_val, cfg.seed)
         self.test_split = ds.test
-        model = create_model(cfg.model.name, num_classes=ds.info.num_classes, input_size=ds.info.input_size,
+        inner = create_model(cfg.model.name, num_classes=ds.info.num_classes, input_size=ds.info.input_size,
                              mean=ds.info.mean, std=ds.info.std, **cfg.model.kwargs())
         self.channels_last = _switch(cfg.train.channels_last, self.device)
-        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        self.model = model
-        self.net = model
+        inner = inner.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        # inner: the plain model (parameters, checkpoints, validation); model: what the training step
+        # calls, possibly wrapped by DDP and/or torch.compile (the defenses' naming, attnguard.defenses.base)
+        self.inner = inner
+        self.model = inner
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # DDP broadcasts rank 0's initial weights; gradients are averaged over ranks in backward
-            self.net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = DDP(inner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if _switch(cfg.train.compile, self.device):
-            self.net = torch.compile(self.net)
+            self.model = torch.compile(self.model)
         self.objective = build_objective(cfg.defense, cfg.adversary)
         if cfg.train.batch_size % self.dist.world_size:
             raise AttnGuardError(f"train.batch_size {cfg.train.batch_size} must divide by the number of "
@@ -99,7 +101,7 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        self.opt = build_optimizer(self.model.parameters(), cfg.optim)
+        self.opt = build_optimizer(self.inner.parameters(), cfg.optim)
         self.sched = build_scheduler(self.opt, cfg.optim, self.total_steps)
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -115,8 +117,8 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self, rngs: list) -> dict:
         return {
-            "format": FORMAT, "version": 1, "model_config": self.model.config,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "format": FORMAT, "version": 1, "model_config": self.inner.config,
+            "model": {k: v.detach().cpu() for k, v in self.inner.state_dict().items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_robust": self.best,
@@ -139,7 +141,7 @@ class Trainer:
         """Restore everything a bitwise resume needs; returns the checkpoint (rank 0 reads it, all ranks get it)."""
         s = on_main(lambda: safe_load(path, map_location="cpu"), self.dist)
         try:
-            self.model.load_state_dict(s["model"])
+            self.inner.load_state_dict(s["model"])
             self.opt.load_state_dict(s["optimizer"])
             self.sched.load_state_dict(s["scheduler"])
             if self.scaler and s.get("scaler"):
@@ -169,19 +171,19 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        self.net.train()
+        self.model.train()
         # Zeroed (to None) before the adversary runs: an attack keeps the parameters' .grad as it found
         # them, and with none there it has nothing to copy.
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
-            loss, parts = self.objective(self.net, x, y)
+            loss, parts = self.objective(self.model, x, y)
         if self.scaler:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
         else:
             loss.backward()
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.inner.parameters(), self.cfg.optim.grad_clip)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -239,18 +241,18 @@ class Trainer:
         k = self.cfg.train.val_steps
         attack = PGD(adv.eps, alpha=max(adv.step_size, 2.5 * adv.eps / k), steps=k, norm=adv.norm,
                      seed=self.cfg.seed)
-        self.model.eval()
+        self.inner.eval()
         loader = BatchLoader(self.val_split, 500, shuffle=False, device=self.device)
         correct = torch.zeros((), device=self.device)
         robust = torch.zeros((), device=self.device)
         for x, y in loader:
             with torch.no_grad(), self._autocast():
-                correct += (self.model(x).argmax(1) == y).sum()
+                correct += (self.inner(x).argmax(1) == y).sum()
             with self._autocast():
-                x_adv = attack(self.model, x, y)
+                x_adv = attack(self.inner, x, y)
             with torch.no_grad(), self._autocast():
-                robust += (self.model(x_adv).argmax(1) == y).sum()
-        self.model.train()
+                robust += (self.inner(x_adv).argmax(1) == y).sum()
+        self.inner.train()
         return {"acc_clean": float(correct) / n, "acc_adv": float(robust) / n, "n": n, "attack": f"pgd-{k}"}
 
     # -- the loop ----------------------------------------------------------------------------
