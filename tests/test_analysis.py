@@ -12,7 +12,6 @@ import yaml
 import attnguard
 from attnguard.analysis import (analyze, analyze_model, attention_statistics, box_iou, box_tables, boxes_to_mask,
                                 cell_iou, equal_area_mask, lime_maps, load_boxes, mean_activation_in, to_grid)
-from attnguard.analysis._run import make_attack
 from attnguard.attacks import FGSM
 from attnguard.errors import DataError
 from attnguard.io import atomic_torch_save
@@ -279,14 +278,6 @@ def test_analyze_run_directory(trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "attnguard.data", fake_data_module(x, y, with_boxes=False))
     res = analyze(run, n_examples=30, out_dir=tmp_path / "a3", lime_examples=0)
     assert "attention_vs_box" not in res and any("skipped" in n for n in res["notes"])
-
-
-def test_stepll_falls_back_to_fgsm_with_a_note(monkeypatch):
-    monkeypatch.setitem(sys.modules, "attnguard.attacks.registry", None)  # as if no attack registry
-    atk, used, notes = make_attack("stepll", 0.1)
-    assert isinstance(atk, FGSM) and used == "fgsm" and "StepLL" in notes[0]
-    atk, used, notes = make_attack("pgd-7", 0.1)
-    assert atk.steps == 7 and not notes
 
 
 def test_analyze_on_the_generated_synthetic_boxes_dataset(tmp_path):

@@ -366,15 +366,15 @@ def _fake_run(tmp_path, model):
 
 
 def test_run_eval_on_a_run_dir_and_a_checkpoint(tmp_path, monkeypatch, mnist, trained):
-    from attnguard.evaluation import run as run_mod
+    from attnguard.rundir import RunDir
 
     seen = {}
 
-    def fake_examples(name, root, n):
-        seen.update(name=name, root=root, n=n)
+    def fake_examples(self, n):
+        seen.update(name=self.dataset, root=self.data_root, n=n)
         return mnist[0][4000:4000 + n], mnist[1][4000:4000 + n]
 
-    monkeypatch.setattr(run_mod, "load_test_examples", fake_examples)
+    monkeypatch.setattr(RunDir, "test_examples", fake_examples)
     run = _fake_run(tmp_path, trained)
     r = run_eval(run, "fgsm,pgd-3", n_examples=40, progress=False)
     assert seen == {"name": "toy-digits", "root": None, "n": 40}

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
     x2.add_argument("run", metavar="RUN")
     x2.add_argument("--out", required=True, metavar="FILE.safetensors")
-    x2.add_argument("--which", choices=("best", "last"), default="best")
+    x2.add_argument("--which", choices=("best", "last"), default=None,
+                    help="checkpoint to export (default: the run config's eval.checkpoint, else best)")
 
     ls = sub.add_parser("list", help="list datasets, models, defenses, regularizers, attacks or configs")
     ls.add_argument("what", choices=("datasets", "models", "defenses", "regularizers", "attacks", "configs"))
@@ -239,7 +240,9 @@ def cmd_analyze(args) -> int:
     from .analysis.summary import summary_text
 
     print(summary_text(result))
-    print(f"wrote {args.out or str(args.run).rstrip('/') + '/analysis'}/analysis.json")
+    from .rundir import RunDir
+
+    print(f"wrote {args.out or RunDir(args.run).analysis_dir}/analysis.json")
     return 0
 
 
@@ -261,9 +264,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io import export_safetensors, load_model
+    from .io import export_safetensors
+    from .rundir import RunDir
 
-    model = load_model(args.run, which=args.which)
+    model = RunDir(args.run).model(which=args.which)
     export_safetensors(model, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -116,36 +116,24 @@ def _load_error_detail(e: Exception) -> str:
     return (text or type(e).__name__)[:200]
 
 
-def resolve_checkpoint(path: PathLike, which: str = "best") -> Path:
-    """A checkpoint file from a file path or a run directory (``checkpoints/{which}.pt``, else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (which, "last", "best"):
-            cand = path / "checkpoints" / f"{name}.pt"
-            if cand.is_file():
-                return cand
-        raise CheckpointError(f"run directory {path} has no checkpoint (looked for checkpoints/{which}.pt "
-                              "and checkpoints/last.pt)")
-    if not path.exists():
-        raise CheckpointError(f"no such run directory or checkpoint: {path}")
-    return path
-
-
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: str = "best"):
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: Optional[str] = None):
     """The trained model of a run directory, checkpoint (``.pt``) or exported ``.safetensors`` file.
 
     Returns an ``nn.Module`` in eval mode, with normalization inside, taking [0, 1] inputs.
-    For a run directory, ``which`` picks ``best`` (highest robust validation accuracy, the
-    default) or ``last``.
+    For a run directory, ``which`` picks ``best`` (highest robust validation accuracy) or
+    ``last``; by default the run config's ``eval.checkpoint``, else ``best`` (see
+    :meth:`attnguard.rundir.RunDir.checkpoint`).
     """
-    from .models import model_from_config
-    from .utils.runtime import pick_device
+    from .rundir import RunDir
 
-    device = pick_device(device) if isinstance(device, str) and device.split(":")[0] == "auto" else device
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_safetensors(path, device)
-    ckpt = safe_load(resolve_checkpoint(path, which))
+    return RunDir(path).model(device, which)
+
+
+def load_checkpoint_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
+    """The model stored in one attnguard checkpoint file (its ``model_config`` and ``model`` weights)."""
+    from .models import model_from_config
+
+    ckpt = safe_load(path)
     try:
         model = model_from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])

@@ -1,21 +1,17 @@
-"""Shared plumbing for the analyses: run directories, test data, attacks by name, batching.
+"""Shared plumbing for the analyses: test data of a run, attacks by name, batching.
 
-Other modules (data, attack registry) are imported lazily so that the analyses work on plain
-tensors even where those modules are missing.
+Runs are read through :class:`attnguard.rundir.RunDir`; the attack registry is imported lazily
+so that the tensor-level analyses do not load every attack.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
-from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError, DataError, UnknownNameError
+from ..rundir import RunDir, first_examples
 
 
 @dataclass
@@ -31,80 +27,19 @@ class TestData:
     notes: List[str] = field(default_factory=list)
 
 
-def read_config(run) -> dict:
-    """The resolved ``config.yaml`` of a run directory (empty dict if there is none)."""
-    import yaml
-
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} must hold a mapping, got {type(cfg).__name__}")
-    return cfg
-
-
-def cfg_get(cfg: dict, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def parse_eps(value) -> float:
-    """A radius from a number or a string such as ``"8/255"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"eps must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps must be a number such as 0.3 or 8/255, got {value!r}") from None
-
-
-def run_eps(run, eps=None) -> float:
-    """``eps`` if given, else the run's ``adversary.eps``, else the ``eps`` of its eval.json."""
-    if eps is not None:
-        return parse_eps(eps)
-    value = cfg_get(read_config(run), "adversary.eps")
-    if value is None:
-        path = Path(run) / "eval.json"
-        if path.is_file():
-            value = json.loads(path.read_text()).get("eps")
-    if value is None:
-        raise ConfigError(f"no eps given and run {run} records none (adversary.eps in config.yaml, eps in "
-                          "eval.json); pass eps")
-    return parse_eps(value)
-
-
-def load_test_data(run, n: Optional[int] = None) -> TestData:
-    """The first ``n`` test examples of the dataset named in the run's config."""
-    cfg = read_config(run)
-    name = cfg_get(cfg, "data.name")
-    if not name:
-        raise ConfigError(f"run {run} has no data.name in config.yaml; cannot find its test set")
-    try:
-        from ..data import load_dataset
-    except ImportError as e:
-        raise DataError(f"the data module is not available ({e}); cannot load dataset '{name}'") from None
-    ds = load_dataset(name, root=cfg_get(cfg, "data.root"))
+def load_test_data(run: RunDir, n: Optional[int] = None) -> TestData:
+    """The first ``n`` test examples of the run's dataset, with its class names, boxes and masks if it has them."""
+    ds = run.load_dataset()
     split = ds.test
-    stop = len(split.labels) if n is None else min(int(n), len(split.labels))
-    images = torch.as_tensor(split.images[:stop])
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images, labels = first_examples(split, n)
+    stop = len(labels)
     boxes = getattr(split, "boxes", None)
     masks = getattr(split, "masks", None)
     names = getattr(ds.info, "class_names", None) or [str(i) for i in range(ds.info.num_classes)]
     files = getattr(split, "filenames", None) or getattr(split, "files", None)
     return TestData(
         images=images,
-        labels=torch.as_tensor(split.labels[:stop]).long(),
+        labels=labels,
         class_names=[str(c) for c in names],
         boxes=None if boxes is None else torch.as_tensor(boxes[:stop]).float(),
         masks=None if masks is None else torch.as_tensor(masks[:stop]).bool(),
@@ -112,46 +47,18 @@ def load_test_data(run, n: Optional[int] = None) -> TestData:
     )
 
 
-_STEPS = re.compile(r"^(pgd|cw)(?:-(\d+))?$")
+def attack_name(attack) -> str:
+    """The name an attack is reported under: the registry name, or an attack object's own name."""
+    return attack.strip().lower() if isinstance(attack, str) else getattr(attack, "name", type(attack).__name__)
 
 
-def _fallback_attack(name: str, eps: float, seed: int):
-    from ..attacks import FGSM, PGD
-
-    if name == "fgsm":
-        return FGSM(eps, seed=seed)
-    m = _STEPS.match(name)
-    if m:
-        steps = int(m.group(2) or 20)
-        return PGD(eps, steps=steps, seed=seed, loss="cw" if m.group(1) == "cw" else "ce")
-    raise UnknownNameError("attack", name, ["fgsm", "pgd-K", "cw-K", "stepll"])
-
-
-def make_attack(attack, eps: float, *, seed: int = 0, num_classes: int = 10,
-                device="cpu") -> Tuple[Callable, str, List[str]]:
-    """``(attack callable, the name actually used, notes)`` from a name or an attack object.
-
-    Names go through ``attnguard.attacks.registry.build_attack`` when it exists. StepLL
-    (AAD eq. 4) falls back to FGSM, with a note, where no StepLL implementation is available.
-    """
+def make_attack(attack, eps: float, *, seed: int = 0, num_classes: int = 10, device="cpu"):
+    """An attack object from a name (through the attack registry), or ``attack`` itself if it is one."""
     if not isinstance(attack, str):
-        return attack, getattr(attack, "name", type(attack).__name__), []
-    name = attack.strip().lower()
-    try:
-        from ..attacks.registry import build_attack
-    except ImportError:
-        build_attack = None
-    if build_attack is not None:
-        try:
-            return build_attack(name, eps, seed=seed, num_classes=num_classes, device=device), name, []
-        except UnknownNameError:
-            if name != "stepll":
-                raise
-    if name == "stepll":
-        note = ("StepLL (AAD eq. 4) is not available in this installation; the analysis used FGSM "
-                "(one signed-gradient step of size eps on the true-class loss) instead")
-        return _fallback_attack("fgsm", eps, seed), "fgsm", [note]
-    return _fallback_attack(name, eps, seed), name, []
+        return attack
+    from ..attacks.registry import build_attack
+
+    return build_attack(attack_name(attack), eps, seed=seed, num_classes=num_classes, device=device)
 
 
 def batched(n: int, batch_size: int):

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._figures import new_figure, save_png, styled
-from ._run import cfg_get, load_test_data, make_attack, read_config, run_eps
+from ..rundir import RunDir, parse_eps
+from ._run import attack_name, load_test_data, make_attack
 from .attention_stats import CELLS, LIME_FEATURES, attention_statistics
 
 GROUP_COLORS = {"succeed": "#c51b7d", "fail": "#1b7837"}
@@ -114,29 +115,28 @@ def analyze(run, boxes=None, attack: str = "stepll", n_examples: int = 500, out_
     """AAD Tables 1-5 and AT+ALP Table 3 for a run directory; writes RUN/analysis/ (or ``out_dir``).
 
     Args:
-        run: run directory (config.yaml + checkpoints/).
+        run: run directory (config.yaml + checkpoints/), or a :class:`~attnguard.rundir.RunDir`;
+            the model is the checkpoint its config's ``eval.checkpoint`` names (default best).
         boxes: VOC XML file/directory or CSV of ground-truth boxes; default: the dataset's own boxes
             (synthetic-boxes), else the box analyses are skipped with a note.
         attack: attack name; AAD generates its analysis examples with StepLL (eq. 4).
         n_examples: first test images to use (the correctly classified ones form I_att).
-        eps: attack radius (default: the run's adversary.eps).
+        eps: attack radius (default: the run's eval.eps, else adversary.eps).
         grid: 8 for AAD's 8x8 grid, None for the model's own grid.
         lime_examples: images of I_att that also get LIME maps (0 disables LIME).
 
     Returns the results written to ``analysis.json``.
     """
-    from ..io import load_model
     from .boxes import load_boxes
 
-    run = Path(run)
+    run = RunDir.of(run)
     if int(n_examples) < 1:
         raise ConfigError(f"n_examples must be >= 1, got {n_examples}")
-    cfg = read_config(run)
-    model = load_model(run, device=device)
-    eps = run_eps(run, eps)
+    model = run.model(device)
+    eps = run.eps if eps is None else parse_eps(eps)
     data = load_test_data(run, n_examples)
-    seed = int(cfg_get(cfg, "seed", 0) or 0) if seed is None else int(seed)
-    atk, used, notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)
+    seed = run.seed if seed is None else int(seed)
+    atk = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)
     n, _, h, w = data.images.shape
     box_source = None
     if boxes is not None:
@@ -146,11 +146,11 @@ def analyze(run, boxes=None, attack: str = "stepll", n_examples: int = 500, out_
     else:
         box_list = None
     header = {
-        "run": str(run), "dataset": cfg_get(cfg, "data.name"), "model": getattr(model, "arch", None),
-        "defense": cfg_get(cfg, "defense.preset"), "attack": attack, "attack_used": used, "eps": eps,
-        "boxes": box_source, "masks": "dataset" if data.masks is not None else None, "notes": notes,
+        "run": str(run), "dataset": run.get("data.name"), "model": getattr(model, "arch", None),
+        "defense": run.get("defense.preset"), "attack": attack, "attack_used": attack_name(attack), "eps": eps,
+        "boxes": box_source, "masks": "dataset" if data.masks is not None else None, "notes": [],
     }
-    out_dir = Path(out_dir) if out_dir is not None else run / "analysis"
+    out_dir = Path(out_dir) if out_dir is not None else run.analysis_dir
     return analyze_model(model, data.images, data.labels, atk, boxes=box_list, masks=data.masks, out_dir=out_dir,
                          header=header, grid=grid, lime_examples=lime_examples, lime_samples=lime_samples, seed=seed)
 

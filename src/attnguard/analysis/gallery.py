@@ -15,7 +15,8 @@ import torch
 
 from ..attention import normalize_cam, upsample_cam
 from ._figures import CAM_CMAP, new_figure, save_png
-from ._run import attack_all, cams, class_name, load_test_data, make_attack, predict, read_config, run_eps, cfg_get
+from ..rundir import RunDir, parse_eps
+from ._run import attack_all, attack_name, cams, class_name, load_test_data, make_attack, predict
 from ..utils.modes import eval_mode
 
 COLUMNS = ("clean", "Grad-CAM (clean)", "adversarial", "Grad-CAM (adversarial)")
@@ -114,20 +115,19 @@ def save_gallery(model, images, labels, attack, class_names=None, out="gallery.p
 def explain(run, attack: str = "pgd-20", n: int = 16, out="gallery.png", eps=None, device="cpu") -> Path:
     """Gallery of the first ``n`` test images of a run directory, attacked with ``attack`` at ``eps``.
 
-    ``eps`` defaults to the run's training radius (``adversary.eps``). Returns the PNG path.
+    ``run`` is a run directory or a :class:`~attnguard.rundir.RunDir`; the model is the checkpoint its
+    config's ``eval.checkpoint`` names (default best). ``eps`` defaults to the run's ``eval.eps``, else
+    its training radius (``adversary.eps``). Returns the PNG path.
     """
-    from ..io import load_model
-
-    run = Path(run)
+    run = RunDir.of(run)
     if int(n) < 1:
         from ..errors import ConfigError
 
         raise ConfigError(f"n must be >= 1, got {n}")
-    model = load_model(run, device=device)
-    eps = run_eps(run, eps)
+    model = run.model(device)
+    eps = run.eps if eps is None else parse_eps(eps)
     data = load_test_data(run, n)
-    seed = int(cfg_get(read_config(run), "seed", 0) or 0)
-    atk, used, _notes = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)
-    label = f"{used.upper()}, ε={eps:.4g}"
+    atk = make_attack(attack, eps, seed=run.seed, num_classes=model.num_classes, device=device)
+    label = f"{attack_name(attack).upper()}, ε={eps:.4g}"
     title = f"{run.name} · {getattr(model, 'arch', type(model).__name__)}"
     return save_gallery(model, data.images, data.labels, atk, data.class_names, out, attack_label=label, title=title)

@@ -7,7 +7,6 @@ writes a PNG and returns the plotted numbers as plain lists.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from ..errors import DataError
 from ._figures import PALETTE, new_figure, save_png, styled
+from ..rundir import METRICS_FILE, read_jsonl
 from ._run import attack_all, make_attack, predict
 from ..utils.modes import eval_mode
 from .landscape import loss_landscape
@@ -102,8 +102,7 @@ def accuracy_vs_eps(model, images, labels, eps_values: Sequence[float], attack="
                 if e == 0:
                     accs.append(_accuracy(m, x, y))
                     continue
-                atk, _, _ = make_attack(attack, e, seed=seed, num_classes=getattr(m, "num_classes", 10),
-                                        device=x.device)
+                atk = make_attack(attack, e, seed=seed, num_classes=getattr(m, "num_classes", 10), device=x.device)
                 accs.append(_accuracy(m, attack_all(atk, m, x, y), y))
         curves[name] = accs
     fig = new_figure(5.4, 3.5)
@@ -134,21 +133,14 @@ def read_metrics(source) -> dict:
     counted in ``skipped_lines``.
     """
     path = Path(source)
-    path = path / "metrics.jsonl" if path.is_dir() else path
+    path = path / METRICS_FILE if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no metrics file: {path}")
     train: Dict[int, Dict[str, list]] = {}
     val: Dict[int, Dict[str, float]] = {}
-    skipped = 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), (int, float)):
+    rows, skipped = read_jsonl(path)
+    for row in rows:
+        if not isinstance(row.get("epoch"), (int, float)):
             skipped += 1
             continue
         epoch, split = int(row["epoch"]), row.get("split", "train")

@@ -8,7 +8,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import CheckpointError, ConfigError, check_range
+from ..errors import check_range
+from ..rundir import RunDir, first_examples
 from .core import evaluate
 from .results import write_eval
 
@@ -16,42 +17,15 @@ PathLike = Union[str, os.PathLike]
 
 
 def run_config(target: PathLike) -> dict:
-    """The run config of a run directory (``config.yaml``, else its checkpoint) or of a checkpoint file."""
-    from ..io import resolve_checkpoint, safe_load
-
-    target = Path(target)
-    if target.suffix == ".safetensors":
-        raise ConfigError(f"{target} is a weights-only export without a run config; evaluate the run directory "
-                          "or its .pt checkpoint instead")
-    if target.is_dir() and (target / "config.yaml").is_file():
-        import yaml
-
-        try:
-            config = yaml.safe_load((target / "config.yaml").read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{target / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
-    else:
-        config = safe_load(resolve_checkpoint(target)).get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{target} holds no run config (needed to know the dataset)")
-    return config
-
-
-def _get(config: dict, *keys):
-    node = config
-    for k in keys:
-        if not isinstance(node, dict) or k not in node:
-            return None
-        node = node[k]
-    return node
+    """The run config of a run directory or checkpoint file (see :attr:`attnguard.rundir.RunDir.config`)."""
+    return RunDir(target).config
 
 
 def load_test_examples(name: str, root: Optional[str], n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test examples of a dataset as float [0, 1] images and int64 labels."""
     from ..data import load_dataset
 
-    test = load_dataset(name, root=root).test
-    return test.images[:n].float() / 255.0, test.labels[:n].long()
+    return first_examples(load_dataset(name, root=root).test, n)
 
 
 def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[float] = None, n_examples: int = 1000,
@@ -60,41 +34,35 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
     """Evaluate a run directory or checkpoint and write ``eval.json`` / ``eval.md``.
 
     Args:
-        target: a run directory or a ``.pt`` checkpoint (its config names the dataset).
+        target: a run directory or a ``.pt`` checkpoint (its config names the dataset); a run
+            directory is evaluated on the checkpoint its config's ``eval.checkpoint`` names (default best).
         attacks: attack names (a list, or one comma-separated string).
-        eps: threat-model radius; default the run's training eps (``adversary.eps``).
+        eps: threat-model radius; default the run's ``eval.eps``, else its training eps (``adversary.eps``).
         n_examples: evaluate the first N examples of the test split.
         out: output directory or ``.json`` path; default the run directory, or the checkpoint's directory.
 
     Returns the evaluation dict (see :func:`attnguard.evaluation.evaluate`).
     """
-    from ..io import load_model
     from ..utils.machine import describe_machine
+    from ..utils.runtime import pick_device
 
-    target = Path(target)
     n_examples = check_range("n_examples", n_examples, 1, integer=True)
     if isinstance(attacks, str):
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
-    config = run_config(target)
-    dataset = _get(config, "data", "name")
-    if not isinstance(dataset, str):
-        raise ConfigError(f"the run config of {target} has no data.name; cannot tell which dataset to evaluate on")
+    run = RunDir(target)
+    dataset = run.dataset
     if eps is None:
-        eps = _get(config, "adversary", "eps")
-        if eps is None:
-            raise ConfigError(f"the run config of {target} has no adversary.eps; pass eps explicitly")
-    from ..utils.runtime import pick_device
-
+        eps = run.eps
     device = pick_device(device or "auto") if not isinstance(device, torch.device) else device
-    model = load_model(target, device=device)
-    images, labels = load_test_examples(dataset, _get(config, "data", "root"), n_examples)
-    name = f"{target.name} ({model.arch})" if target.is_dir() else f"{target.stem} ({model.arch})"
+    model = run.model(device)
+    images, labels = run.test_examples(n_examples)
+    name = f"{run.name} ({model.arch})"
     result, per = evaluate(model, images, labels, attacks, eps, sanity, batch_size=batch_size, device=device,
                            seed=seed, progress=progress, dataset=dataset, model_name=name, return_per_example=True)
     # per-example outcomes let later evaluations of the same examples be merged into one worst case
     result["per_example"] = {"clean": bits(per.clean), "attacks": {k: bits(v) for k, v in per.attacks.items()}}
     result["system"] = describe_machine(device)
-    write_eval(result, out if out is not None else (target if target.is_dir() else target.parent))
+    write_eval(result, out if out is not None else run.path)
     return result
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 from typing import Dict, List, Sequence
 
-import yaml
-
-from ..errors import AttnGuardError
+from ..errors import CheckpointError
+from ..rundir import RunDir
 
 ORDER = ["clean", "fgsm", "stepll", "pgd-7", "pgd-10", "pgd-20", "pgd-40", "pgd-100", "cw-10", "cw-20", "cw-30",
          "cw-40", "cw-100", "autoattack", "rays", "square", "a3-pgd-20"]
@@ -54,36 +52,23 @@ def merge_evals(evals: Sequence[dict]) -> dict:
             "seconds": seconds, "sanity": sanity, "system": next((e["system"] for e in evals if e.get("system")), None)}
 
 
-def eval_files(run: Path) -> List[Path]:
-    """A run's evaluation files, ``eval.json`` first."""
-    return sorted(Path(run).glob("eval*.json"), key=lambda f: (f.name != "eval.json", f.name))
-
-
 def run_summary(run) -> dict:
     """Accuracies (fractions) of one run, its worst case over all its evaluations, time and machine."""
-    run = Path(run)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise AttnGuardError(f"{run} is not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    files = eval_files(run)
-    if not files:
-        raise AttnGuardError(f"{run} has no eval.json; run `attnguard eval {run}` first")
-    merged = merge_evals([json.loads(f.read_text()) for f in files])
+    run = RunDir.of(run)
+    if run.config_text is None:
+        raise CheckpointError(f"{run} is not a run directory (no config.yaml)")
+    evals = run.evals()
+    if not evals:
+        raise CheckpointError(f"{run} has no eval.json; run `attnguard eval {run}` first")
+    merged = merge_evals([e for _, e in evals])
     acc = {"clean": merged["clean"], **merged["attacks"]}
     n_of, worst, n_worst, system = merged["n"], merged["worst_case"], merged["n_worst"], merged["system"]
-    seconds = None
-    metrics = run / "metrics.jsonl"
-    if metrics.is_file():
-        lines = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
-        seconds = max((l.get("seconds", 0) for l in lines), default=None)
-    train_info = {}
-    if (run / "train.json").is_file():
-        train_info = json.loads((run / "train.json").read_text())
-        seconds = train_info.get("seconds", seconds)
-    return {"run": str(run), "dataset": cfg.get("data", {}).get("name"), "model": cfg.get("model", {}).get("name"),
-            "defense": cfg.get("defense", {}).get("preset"), "eps": cfg.get("adversary", {}).get("eps"),
-            "seed": cfg.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+    seconds = max((l.get("seconds", 0) for l in run.metrics()), default=None)
+    train_info = run.train_info()
+    seconds = train_info.get("seconds", seconds)
+    return {"run": str(run), "dataset": run.get("data.name"), "model": run.get("model.name"),
+            "defense": run.get("defense.preset"), "eps": run.get("adversary.eps"),
+            "seed": run.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
             "train_seconds": seconds, "system": system,
             "train_system": train_info.get("system")}
 

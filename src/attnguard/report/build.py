@@ -11,22 +11,26 @@ What each run contributes (missing parts are shown as notes, never as errors):
                            eval*.json files, e.g. eval-aa.json) and the sanity checks
     gallery.png         -> embedded; generated (with ``compute_missing``) when absent
     analysis/           -> analysis.json tables and its plots; computed with a small n when absent
+
+Runs are read through :class:`attnguard.rundir.RunDir`; what is computed for the page uses the
+checkpoint the run's ``eval.checkpoint`` names (default best).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from dataclasses import dataclass, field
 from string import Template
 from typing import List, Optional, Sequence, Union
 
 from .. import __version__
-from ..errors import AttnGuardError, CheckpointError
+from ..errors import AttnGuardError, CheckpointError, ConfigError
+from ..rundir import RunDir
 from .html import details, esc, figure, note, tag
 from .sections import analysis_section, config_summary, eval_table, sanity_table
 
@@ -47,129 +51,127 @@ def _names(runs: Sequence[Path]) -> List[str]:
     return names
 
 
-def _read_json(path: Path, what: str, notes: list) -> Optional[dict]:
-    if not path.is_file():
-        return None
+@dataclass
+class _Card:
+    """What the page shows for one run: read through its :class:`RunDir`, plus what the report computes."""
+
+    run: RunDir
+    name: str
+    notes: List[str] = field(default_factory=list)
+    eval: Optional[dict] = None
+    analysis: Optional[dict] = None
+    analysis_dir: Optional[Path] = None
+    gallery: Optional[Path] = None
+    curves: Optional[Path] = None
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+
+def _card(path: Path, name: str) -> _Card:
+    notes: List[str] = []
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        notes.append(f"{what} is not valid JSON ({e.msg} at line {e.lineno}); it was left out")
-        return None
-    if not isinstance(data, dict):
-        notes.append(f"{what} does not hold a JSON object; it was left out")
-        return None
-    return data
+        run = RunDir(path)
+    except ConfigError as e:  # a broken config.yaml: the rest of the run can still be shown
+        notes.append(str(e))
+        run = RunDir(path, config={})
+    if run.config_text is None:  # the summary shows config.yaml only; no checkpoint is opened for it
+        run = RunDir(path, config={})
+    card = _Card(run, name, notes)
+    card.eval = _merged_evals(card)
+    card.analysis = run.analysis(card.notes)
+    card.analysis_dir = run.analysis_dir if card.analysis else None
+    card.gallery = path / "gallery.png" if (path / "gallery.png").is_file() else None
+    return card
 
 
-class _Run:
-    """Everything the page shows for one run directory."""
+def _merged_evals(card: _Card) -> Optional[dict]:
+    """eval.json merged with the run's other eval*.json files (e.g. an AutoAttack run on fewer examples)."""
+    from .aggregate import merge_evals
 
-    def __init__(self, path: Path, name: str):
-        from ..analysis._run import read_config
-
-        self.path, self.name, self.notes = path, name, []
-        self.config_text = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else None
-        try:
-            self.config = read_config(path)
-        except AttnGuardError as e:
-            self.config = {}
-            self.notes.append(str(e))
-        self.eval = self._read_evals(path)
-        self.analysis = _read_json(path / "analysis" / "analysis.json", "analysis/analysis.json", self.notes)
-        self.analysis_dir = path / "analysis" if self.analysis else None
-        self.gallery: Optional[Path] = path / "gallery.png" if (path / "gallery.png").is_file() else None
-        self.curves: Optional[Path] = None
-
-
-    def _read_evals(self, path: Path) -> Optional[dict]:
-        """eval.json merged with the run's other eval*.json files (e.g. an AutoAttack run on fewer examples)."""
-        from .aggregate import eval_files, merge_evals
-
-        files = eval_files(path)
-        evals = [(f, _read_json(f, f.name, self.notes)) for f in files]
-        evals = [(f, e) for f, e in evals if e is not None]
-        if len(evals) <= 1:
-            return evals[0][1] if evals else None
-        try:
-            merged = merge_evals([e for _, e in evals])
-        except (KeyError, TypeError) as e:
-            self.notes.append(f"evaluation files could not be merged ({e!r}); showing {evals[0][0].name} only")
-            return evals[0][1]
-        counts = ", ".join(f"{k} {n}" for k, n in merged["n"].items() if n != merged["n_examples"])
-        self.notes.append(f"evaluation merged from {', '.join(f.name for f, _ in evals)}; "
-                          f"worst case over every attack on the first {merged['n_worst']} examples"
-                          + (f"; examples per attack where they differ: {counts}" if counts else ""))
-        return merged
+    evals = card.run.evals(card.notes)
+    if len(evals) <= 1:
+        return evals[0][1] if evals else None
+    try:
+        merged = merge_evals([e for _, e in evals])
+    except (KeyError, TypeError) as e:
+        card.notes.append(f"evaluation files could not be merged ({e!r}); showing {evals[0][0].name} only")
+        return evals[0][1]
+    counts = ", ".join(f"{k} {n}" for k, n in merged["n"].items() if n != merged["n_examples"])
+    card.notes.append(f"evaluation merged from {', '.join(f.name for f, _ in evals)}; "
+                      f"worst case over every attack on the first {merged['n_worst']} examples"
+                      + (f"; examples per attack where they differ: {counts}" if counts else ""))
+    return merged
 
 
-def _optional(what: str, run: _Run, fn):
+def _optional(what: str, card: _Card, fn):
     """Run an optional step; a user-level failure (no data module, no checkpoint...) becomes a note."""
     try:
         return fn()
     except (AttnGuardError, ImportError, FileNotFoundError) as e:
-        run.notes.append(f"{what} not available: {e}")
-        log.warning("%s: %s not available: %s", run.name, what, e)
+        card.notes.append(f"{what} not available: {e}")
+        log.warning("%s: %s not available: %s", card.name, what, e)
         return None
 
 
-def _prepare(run: _Run, tmp: Path, compute_missing: bool, device, gallery_n: int, analysis_n: int,
+def _prepare(card: _Card, tmp: Path, compute_missing: bool, device, gallery_n: int, analysis_n: int,
              lime_examples: int) -> None:
     from ..analysis import analyze, explain, training_curves
 
-    work = tmp / f"run{id(run)}"
-    if (run.path / "metrics.jsonl").is_file():
-        run.curves = _optional("training curves", run, lambda: Path(
-            training_curves(run.path, out=work / "curves.png")["path"]))
+    work = tmp / f"run{id(card)}"
+    if card.run.metrics_file.is_file():
+        card.curves = _optional("training curves", card, lambda: Path(
+            training_curves(card.run.metrics_file, out=work / "curves.png")["path"]))
     if not compute_missing:
         return
-    has_model = any((run.path / "checkpoints" / f).is_file() for f in ("best.pt", "last.pt"))
-    if not has_model and (run.gallery is None or run.analysis is None):
-        run.notes.append("no checkpoint in this run, so no gallery or analysis could be computed")
+    if not card.run.has_checkpoint() and (card.gallery is None or card.analysis is None):
+        card.notes.append("no checkpoint in this run, so no gallery or analysis could be computed")
         return
-    if run.gallery is None:
-        run.gallery = _optional("gallery", run, lambda: explain(run.path, n=gallery_n, out=work / "gallery.png",
+    if card.gallery is None:
+        card.gallery = _optional("gallery", card, lambda: explain(card.run, n=gallery_n, out=work / "gallery.png",
                                                                  device=device))
-    if run.analysis is None:
+    if card.analysis is None:
         out = work / "analysis"
-        res = _optional("attention analysis", run, lambda: analyze(
-            run.path, n_examples=analysis_n, out_dir=out, device=device, lime_examples=lime_examples))
+        res = _optional("attention analysis", card, lambda: analyze(
+            card.run, n_examples=analysis_n, out_dir=out, device=device, lime_examples=lime_examples))
         if res is not None:
-            run.analysis, run.analysis_dir = res, out
-            run.analysis.setdefault("notes", []).insert(
+            card.analysis, card.analysis_dir = res, out
+            card.analysis.setdefault("notes", []).insert(
                 0, f"computed for this report on the first {analysis_n} test images (run `attnguard analyze` for more)")
 
 
-def _run_section(run: _Run, index: int) -> str:
-    parts = [tag("h2", esc(run.name)), tag("div", tag("span", "path: " + tag("b", esc(run.path))), class_="meta"),
-             config_summary(run.config)]
-    if run.config_text is not None:
-        parts.append(details("config.yaml", tag("pre", esc(run.config_text))))
+def _run_section(card: _Card, index: int) -> str:
+    parts = [tag("h2", esc(card.name)), tag("div", tag("span", "path: " + tag("b", esc(card.path))), class_="meta"),
+             config_summary(card.run.config)]
+    if card.run.config_text is not None:
+        parts.append(details("config.yaml", tag("pre", esc(card.run.config_text))))
     else:
         parts.append(note("No config.yaml in this run."))
     parts.append(tag("h3", "Training curves"))
-    parts.append(figure(run.curves, f"training curves of {run.name}") if run.curves
+    parts.append(figure(card.curves, f"training curves of {card.name}") if card.curves
                  else note("No training curves (metrics.jsonl missing or empty)."))
-    if run.eval is not None:
+    if card.eval is not None:
         parts.append(tag("h3", "Sanity checks"))
-        parts.append(sanity_table(run.eval.get("sanity")))
-        secs = run.eval.get("seconds")
+        parts.append(sanity_table(card.eval.get("sanity")))
+        secs = card.eval.get("seconds")
         if isinstance(secs, dict) and secs:
             parts.append(note("evaluation time: " + ", ".join(f"{k} {v:.1f}s" if isinstance(v, (int, float))
                                                               else f"{k} {v}" for k, v in secs.items())))
     parts.append(tag("h3", "Grad-CAM gallery (clean vs adversarial)"))
-    parts.append(figure(run.gallery, f"Grad-CAM gallery of {run.name}", cls="figure gallery") if run.gallery
+    parts.append(figure(card.gallery, f"Grad-CAM gallery of {card.name}", cls="figure gallery") if card.gallery
                  else note("No gallery (run `attnguard explain`)."))
     parts.append(tag("h3", "Attention analysis"))
-    if run.analysis:
-        parts.append(analysis_section(run.analysis))
-        plots = [run.analysis_dir / p for p in run.analysis.get("plots", [])] if run.analysis_dir else []
+    if card.analysis:
+        parts.append(analysis_section(card.analysis))
+        plots = [card.analysis_dir / p for p in card.analysis.get("plots", [])] if card.analysis_dir else []
         plots = [p for p in plots if p.is_file() and p.suffix == ".png"]
         if plots:
-            parts.append(tag("div", "".join(figure(p, f"{p.stem} of {run.name}") for p in plots), class_="plots"))
+            parts.append(tag("div", "".join(figure(p, f"{p.stem} of {card.name}") for p in plots), class_="plots"))
     else:
         parts.append(note("No attention analysis (run `attnguard analyze`)."))
-    if run.notes:
-        parts.append(tag("ul", "".join(tag("li", esc(n)) for n in run.notes), class_="notes"))
+    if card.notes:
+        parts.append(tag("ul", "".join(tag("li", esc(n)) for n in card.notes), class_="notes"))
     return tag("section", "".join(parts), class_="card", id=f"run-{index}")
 
 
@@ -195,13 +197,13 @@ def build_report(runs: Union[PathLike, Sequence[PathLike]], out: PathLike = "rep
         if not p.is_dir():
             raise CheckpointError(f"not a run directory: {p}")
     names = _names(paths)
-    items = [_Run(p, n) for p, n in zip(paths, names)]
+    items = [_card(p, n) for p, n in zip(paths, names)]
     with tempfile.TemporaryDirectory(prefix="attnguard-report-") as tmp:
-        for run in items:
-            _prepare(run, Path(tmp), compute_missing, device, gallery_n, analysis_n, lime_examples)
+        for card in items:
+            _prepare(card, Path(tmp), compute_missing, device, gallery_n, analysis_n, lime_examples)
         evaluation = tag("section", tag("h2", "Evaluation") + note(
             "Accuracy in eval mode on the test examples of each run's eval*.json files; worst case = an example counts "
-            "as robust only if it withstands every attack.") + eval_table(names, [r.eval for r in items]),
+            "as robust only if it withstands every attack.") + eval_table(names, [c.eval for c in items]),
             class_="card", id="evaluation")
         sections = [_run_section(r, i) for i, r in enumerate(items, 1)]
         chips = "".join(tag("li", tag("a", esc(n), href=f"#run-{i}")) for i, n in enumerate(names, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence
 
-from ..analysis._run import cfg_get
+from ..rundir import config_get
 from .html import badge, eps_text, esc, note, num, pct, table, tag
 
 
@@ -123,7 +123,7 @@ def analysis_section(a: dict) -> str:
 def config_summary(cfg: Dict) -> str:
     keys = [("dataset", "data.name"), ("model", "model.name"), ("defense", "defense.preset"),
             ("eps", "adversary.eps"), ("seed", "seed")]
-    items = [(k, cfg_get(cfg, path)) for k, path in keys]
+    items = [(k, config_get(cfg, path)) for k, path in keys]
     spans = [tag("span", esc(k) + ": " + tag("b", eps_text(v) if k == "eps" else esc(v)))
              for k, v in items if v is not None]
     return tag("div", "".join(spans), class_="meta") if spans else ""

@@ -1,4 +1,9 @@
-"""Run directories: naming, the resolved config, and refusing to overwrite finished work."""
+"""Run directories, the write side: naming, the resolved config, and refusing to overwrite finished work.
+
+Reading a run (config, checkpoints, evaluations) is :class:`attnguard.rundir.RunDir`; the file
+names are its constants, so writer and reader agree. The write side stays here because it needs
+the typed :class:`RunConfig`, which the readers (eval, report, ...) must not depend on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from ..rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 from .config import RunConfig, dump_config
 
 
@@ -28,13 +34,13 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def check_run_dir(run: Path, resume: bool) -> None:
     """Refuse to start over a run with checkpoints (without ``resume``), or to resume one without."""
-    ckpt = run / "checkpoints" / "last.pt"
+    ckpt = run / CHECKPOINT_DIR / "last.pt"
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--out {run} is a file, not a run directory")
     if resume:
         if not ckpt.is_file():
-            raise ConfigError(f"--resume: {run} has no checkpoints/last.pt to resume from")
-    elif (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")):
+            raise ConfigError(f"--resume: {run} has no {CHECKPOINT_DIR}/last.pt to resume from")
+    elif (run / CHECKPOINT_DIR).is_dir() and any((run / CHECKPOINT_DIR).glob("*.pt")):
         raise ConfigError(f"{run} already holds a run with checkpoints; pass --resume to continue it, "
                           "or choose another --out")
 
@@ -46,12 +52,12 @@ def open_run_dir(run: Path, cfg: RunConfig, resume: bool) -> None:
     refused invocation changes no file. A fresh run starts an empty ``metrics.jsonl`` (a run
     killed before its first checkpoint may have left lines); a resumed run truncates it itself.
     """
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for tmp in (run / "checkpoints").glob(".*.tmp"):  # torn atomic writes of a SIGKILLed run
+    (run / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    for tmp in (run / CHECKPOINT_DIR).glob(".*.tmp"):  # torn atomic writes of a SIGKILLed run
         tmp.unlink(missing_ok=True)
     if not resume:
-        (run / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_text(run / "config.yaml", dump_config(cfg))
+        (run / METRICS_FILE).unlink(missing_ok=True)
+    atomic_write_text(run / CONFIG_FILE, dump_config(cfg))
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, is_main: bool) -> Path:
@@ -66,7 +72,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, is_main: bool) -> Path:
 def resume_config_file(out: Optional[str]) -> Path:
     if not out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-    path = Path(out) / "config.yaml"
+    path = Path(out) / CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"--resume: {out} is not a run directory (no config.yaml)")
+        raise ConfigError(f"--resume: {out} is not a run directory (no {CONFIG_FILE})")
     return path
