@@ -18,7 +18,7 @@ from attnguard.attacks.rays import RayS
 from attnguard.attacks.square import Square
 from attnguard.attacks.stepll import IterStepLL, LeastLikelyLoss, StepLL, kurakin_alpha
 from attnguard.attacks.transfer import Transfer
-from attnguard.attention import attention_area, grad_cam, normalize_cam
+from attnguard.attention import attention_area, grad_cam
 from attnguard.errors import ConfigError
 from attnguard.models import create_model
 
@@ -102,10 +102,12 @@ def test_iter_stepll_defaults_follow_kurakin():
 # ---------------------------------------------------------------- A3 (AAD eq. 11-13)
 
 def test_a3_deviation_by_hand():
-    loss = AttentionDeviationLoss(CrossEntropyLoss(), sigma=10.0)
     att = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
-    cam = torch.tensor([[[4.0, 2.0], [0.0, 2.0]]])  # normalized: [[1, .5], [0, .5]]
-    # |1-1| + |0-.5| + |0-0| + |0-.5| = 1, mean over the 4 cells = 0.25
+    cam = torch.tensor([[[4.0, 2.0], [0.0, 2.0]]])
+    # AAD eq. 11-12 (the default): |1-4| + |0-2| + |0-0| + |0-2| = 7, summed over the 4 cells
+    assert AttentionDeviationLoss(CrossEntropyLoss(), sigma=10.0).deviation(cam, att).item() == pytest.approx(7.0)
+    # normalized variant: g -> [[1, .5], [0, .5]]; |1-1| + |0-.5| + |0-0| + |0-.5| = 1, mean over 4 cells = 0.25
+    loss = AttentionDeviationLoss(CrossEntropyLoss(), sigma=10.0, normalized=True)
     assert loss.deviation(cam, att).item() == pytest.approx(0.25)
 
 
@@ -132,10 +134,10 @@ def test_a3_attention_term_has_a_gradient_wrt_the_input(arch):
     value, logits = loss(model, x_adv, y, state)
     (grad,) = torch.autograd.grad(value.sum(), x_adv)
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
-    # the value is the deviation itself (sigma = 1, zero base loss)
+    # the value is the deviation itself (sigma = 1, zero base loss): eq. 12's L1 sum, g unnormalized
     cam = grad_cam(model, None, x_adv.detach(), target=y)
-    expected = (state[1] - normalize_cam(cam)).abs().flatten(1).mean(1)
-    assert torch.allclose(value.detach(), expected, atol=1e-5)
+    expected = (state[1] - cam).abs().flatten(1).sum(1)
+    assert torch.allclose(value.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a3_clean_area_is_the_binarized_true_class_cam():
@@ -162,7 +164,7 @@ def test_a3_on_stepll_follows_eq_12_13():
     att = attention_area(grad_cam(model, None, x, target=y)).float()
     xr = x.clone().requires_grad_(True)
     cam, logits = grad_cam(model, None, xr, target=y, create_graph=True, return_logits=True)
-    d = (att - normalize_cam(cam)).abs().flatten(1).mean(1)
+    d = (att - cam).abs().flatten(1).sum(1)  # ||Att(x) - g(x)||_1 over the cells, g unnormalized
     total = nn.functional.cross_entropy(logits, y_ll, reduction="none") - sigma * d
     (g,) = torch.autograd.grad(total.sum(), xr)
     expected = (x - eps * g.sign()).clamp(0, 1)

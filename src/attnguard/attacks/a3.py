@@ -6,11 +6,31 @@ A3 adds an attention-deviation term to the loss of any gradient attack:
     TotalAttackLoss     = L(f(x_adv), y_LL) - sigma ||Att(x) - g(x_adv)||_1  (eq. 12, StepLL base)
     x_adv               = x - eps * sign(grad TotalAttackLoss)              (eq. 13)
 
-attnguard's attacks *maximize* their loss, so the loss here is ``base_loss + sigma * D`` with
-``D = mean_cells |Att(x) - g~(x_adv)|``: for an untargeted base (FGSM, PGD, CW) that is ascent on
-the base loss plus the deviation; for the least-likely bases (StepLL, Iter-StepLL) the base loss
-is ``-CE(., y_LL)``, so ascent on ``-CE + sigma D`` is descent on eq. 12, exactly eq. 13.
-Either way the step pushes the attention away from the clean attention area.
+Our reading of eq. 11-12 (``a3-<attack>``, class :class:`A3`):
+
+* ``Att(x)`` is the attention area of the *clean* image (eq. 3): its true-class Grad-CAM
+  binarized at ``kappa = mean(g(x))`` (sec. 5.1), a constant 0/1 map. The paper binarizes "to
+  better calculate the distance"; only the clean side can be binary, since a binarized
+  ``g(x_adv)`` would carry no gradient.
+* ``g(x_adv)`` is the true-class Grad-CAM of the adversarial image exactly as eq. 1-2 define it:
+  ``ReLU(sum_k alpha_k A^k)``, *not* normalized, differentiable w.r.t. ``x_adv``.
+* ``||.||_1`` is the sum of ``|Att(x) - g(x_adv)|`` over the ``h*w`` cells of the map.
+
+So ``D = sum_cells |Att(x) - g(x_adv)|`` is in the Grad-CAM's own units (for a GAP + linear head,
+the closed-form map sums to about the true-class logit minus its bias) and grows with the number
+of cells: ``sigma = 10`` weighs ten times a sum of ``h*w`` terms against one cross-entropy value,
+which is far heavier than ``sigma = 10`` on the mean of normalized maps.
+
+``a3n-<attack>`` (class :class:`A3`, ``normalized=True``) keeps attnguard's earlier variant:
+``D = mean_cells |Att(x) - normalize(g(x_adv))|`` with ``g`` min-max normalized per example, so
+``D`` lies in [0, 1] whatever the map size or the CAM's scale, and ``sigma`` compares directly with
+the cross-entropy. When ``g`` is already min-max normalized the two agree up to the factor ``h*w``.
+
+attnguard's attacks *maximize* their loss, so the loss here is ``base_loss + sigma * D``: for an
+untargeted base (FGSM, PGD, CW) that is ascent on the base loss plus the deviation; for the
+least-likely bases (StepLL, Iter-StepLL) the base loss is ``-CE(., y_LL)``, so ascent on
+``-CE + sigma D`` is descent on eq. 12, exactly eq. 13. Either way the step pushes the attention
+away from the clean attention area.
 """
 
 from __future__ import annotations
@@ -28,23 +48,25 @@ from .pgd import PGD
 
 
 class AttentionDeviationLoss:
-    """``base(logits) + sigma * mean_cells |Att(x) - g~(x_adv)|`` from one forward pass.
+    """``base(logits) + sigma * D(Att(x), g(x_adv))`` from one forward pass (AAD eq. 11-12).
 
     ``Att(x)``: binarized Grad-CAM area of the clean image for the true class (AAD eq. 3),
-    computed once in :meth:`setup` and constant. ``g~(x_adv)``: the Grad-CAM of ``x_adv`` for the
-    true class, differentiable w.r.t. ``x_adv`` (``create_graph=True``, or the exact closed form)
-    and min-max normalized per example to [0, 1] so it is comparable with the binary mask.
-    The L1 distance is the *mean* over the ``h*w`` cells rather than the sum: it lies in [0, 1]
-    whatever the map size, which keeps ``sigma`` on the scale of the cross-entropy loss.
+    computed once in :meth:`setup` and constant. ``g(x_adv)``: the Grad-CAM of ``x_adv`` for the
+    true class, differentiable w.r.t. ``x_adv`` (``create_graph=True``, or the exact closed form).
+
+    ``normalized=False`` (AAD as written): ``D = sum_cells |Att(x) - g(x_adv)|``, ``g`` unnormalized.
+    ``normalized=True`` (attnguard's variant): ``D = mean_cells |Att(x) - normalize(g(x_adv))|``,
+    ``g`` min-max normalized per example, so ``D`` lies in [0, 1].
     """
 
     name = "a3"
 
-    def __init__(self, base: LogitLoss, sigma: float, kappa="mean", layer=None):
+    def __init__(self, base: LogitLoss, sigma: float, kappa="mean", layer=None, *, normalized: bool = False):
         self.base = base
         self.sigma = float(sigma)
         self.kappa = kappa
         self.layer = layer
+        self.normalized = bool(normalized)
         self.targeted = getattr(base, "targeted", False)
 
     def setup(self, model, x, y):
@@ -53,8 +75,10 @@ class AttentionDeviationLoss:
         return base_state, att.to(x.dtype)
 
     def deviation(self, cam: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """Per-example ``mean |Att(x) - normalize(g(x_adv))|``."""
-        return (att - normalize_cam(cam)).abs().flatten(1).mean(1)
+        """Per-example deviation ``[B]`` of the maps ``cam`` from the areas ``att`` (both ``[B, h, w]``)."""
+        if self.normalized:
+            return (att - normalize_cam(cam)).abs().flatten(1).mean(1)
+        return (att - cam).abs().flatten(1).sum(1)  # eq. 11-12: the L1 norm over the h*w cells
 
     def __call__(self, model, x_adv, y, state):
         base_state, att = state
@@ -71,7 +95,7 @@ class A3(Attack):
     """A3, the Attention-Augmented Adversarial Attack (AAD sec. 4.3, eq. 11-13).
 
     Runs a copy of ``base`` (same steps, step size, projection, random start, restarts) whose
-    loss gains ``+ sigma * mean_cells |Att(x) - g~(x_adv)|`` (see :class:`AttentionDeviationLoss`);
+    loss gains ``+ sigma * ||Att(x) - g(x_adv)||_1`` (see :class:`AttentionDeviationLoss`);
     each step still costs one forward pass (Grad-CAM and the base loss share it). The user's
     ``base`` object is not modified.
 
@@ -79,16 +103,20 @@ class A3(Attack):
         base: an FGSM- or PGD-type attack with a logit loss: FGSM, PGD (CE or CW loss, restarts),
             StepLL, IterStepLL. Targeted attacks on user-given targets are refused: A3 explains the
             label passed to the call, which must be the true class.
-        sigma: weight of the attention deviation (AAD uses 10).
+        sigma: weight of the attention deviation (AAD uses 10). With ``normalized=False`` it
+            multiplies a sum over the ``h*w`` cells of an unnormalized map, with ``normalized=True``
+            a mean in [0, 1]: the same sigma weighs the attention far more in the first case.
         kappa: threshold of the clean attention area, ``"mean"`` (AAD's default) or a number.
         layer: Grad-CAM layer (module or dotted name); default the model's ``attention_layer``.
+        normalized: ``False`` (default): AAD eq. 11-12 as written, ``a3-<attack>``. ``True``:
+            attnguard's normalized-mean variant, ``a3n-<attack>``.
 
     Args eps, norm, skip_misclassified and seed are those of ``base``.
     """
 
     name = "a3"
 
-    def __init__(self, base: Attack, sigma: float = 10.0, kappa="mean", *, layer=None):
+    def __init__(self, base: Attack, sigma: float = 10.0, kappa="mean", *, layer=None, normalized: bool = False):
         if not isinstance(base, (FGSM, PGD)):
             raise ConfigError(f"A3 wraps FGSM/PGD-type gradient attacks (FGSM, PGD, StepLL, IterStepLL), "
                               f"got {type(base).__name__}")
@@ -106,11 +134,13 @@ class A3(Attack):
         self.base = base
         self.sigma = float(sigma)
         self.kappa = kappa
+        self.normalized = bool(normalized)
         self.inner = copy.copy(base)
-        self.inner.loss = AttentionDeviationLoss(base.loss, self.sigma, kappa, layer)
+        self.inner.loss = AttentionDeviationLoss(base.loss, self.sigma, kappa, layer, normalized=self.normalized)
 
     def perturb(self, model, x, y):
         return self.inner.perturb(model, x, y)
 
     def __repr__(self) -> str:
-        return f"A3({self.base!r}, sigma={self.sigma:g}, kappa={self.kappa})"
+        extra = ", normalized=True" if self.normalized else ""
+        return f"A3({self.base!r}, sigma={self.sigma:g}, kappa={self.kappa}{extra})"

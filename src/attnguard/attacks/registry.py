@@ -131,21 +131,26 @@ def spec_of(attack) -> Optional[AttackSpec]:
         return None  # a hand-made object that set its own label
 
 
-def _parse_a3(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
-    m = re.fullmatch(r"a3(s[^-]*)?-(.+)", name.lower())
-    if m is None:
-        return None
-    params = {}
-    if m[1]:
-        if not re.fullmatch(r"s([0-9]+\.?[0-9]*|\.[0-9]+)", m[1]):
-            raise ConfigError(f"attack '{name}': A3's sigma must be a number >= 0 "
-                              f"(e.g. a3s1-pgd-20), got '{m[1][1:]}'")
-        params["sigma"] = float(m[1][1:])
-    base = parse_attack(name[len(m[0]) - len(m[2]):])
-    if not ATTACKS.entry(base.family).meta["a3_base"]:
-        raise ConfigError(f"attack '{name}': A3 wraps a gradient attack ("
-                          f"{', '.join(attack_families(a3_base=True))}), got '{base.name}'")
-    return name.lower(), {"base": base, **params}
+def _a3_parser(prefix: str) -> Callable:
+    """A parse function for ``<prefix>-<attack>`` and ``<prefix>s<sigma>-<attack>`` (the A3 families)."""
+
+    def parse(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
+        m = re.fullmatch(re.escape(prefix) + r"(s[^-]*)?-(.+)", name.lower())
+        if m is None:
+            return None
+        params = {}
+        if m[1]:
+            if not re.fullmatch(r"s([0-9]+\.?[0-9]*|\.[0-9]+)", m[1]):
+                raise ConfigError(f"attack '{name}': A3's sigma must be a number >= 0 "
+                                  f"(e.g. {prefix}s1-pgd-20), got '{m[1][1:]}'")
+            params["sigma"] = float(m[1][1:])
+        base = parse_attack(name[len(m[0]) - len(m[2]):])
+        if not ATTACKS.entry(base.family).meta["a3_base"]:
+            raise ConfigError(f"attack '{name}': A3 wraps a gradient attack ("
+                              f"{', '.join(attack_families(a3_base=True))}), got '{base.name}'")
+        return name.lower(), {"base": base, **params}
+
+    return parse
 
 
 def _parse_transfer(name: str, defaults: dict) -> Optional[Tuple[str, dict]]:
@@ -244,7 +249,8 @@ def _pgd(eps, spec, *, seed, norm, step_size, **_):
 def _a3(eps, spec, **opts):
     from .a3 import A3
 
-    return A3(_build(spec.params["base"], eps, **opts), sigma=spec.params["sigma"], kappa="mean")
+    return A3(_build(spec.params["base"], eps, **opts), sigma=spec.params["sigma"], kappa="mean",
+              normalized=spec.params["normalized"])
 
 
 def _autoattack(eps, spec, *, seed, norm, num_classes, **_):
@@ -289,9 +295,14 @@ ATTACKS.add("pgd-K", _pgd, "PGD, K steps on the CE loss, step 2.5*eps/K, random 
             default_options={"loss": "ce", "restarts": 1})
 ATTACKS.add("cw-K", _pgd, "CW-K, K PGD steps on the Carlini-Wagner margin loss (Carlini & Wagner 2017), e.g. cw-20",
             pattern=r"cw-(?P<steps>.*)", example="cw-20", a3_base=True, default_options={"loss": "cw", "restarts": 1})
-ATTACKS.add("a3-ATTACK", _a3, "A3, a gradient attack plus AAD's attention-deviation term (AAD eq. 11-13), "
-                              "sigma 10, e.g. a3-pgd-20, a3-cw-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1",
-            parse=_parse_a3, example="a3-pgd-20", default_options={"sigma": 10.0})
+ATTACKS.add("a3-ATTACK", _a3, "A3 as AAD eq. 11-13 write it: a gradient attack plus sigma * sum over cells of "
+                              "|clean attention area - unnormalized Grad-CAM|, sigma 10 (weighs the attention far "
+                              "more than in a3n), e.g. a3-pgd-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1",
+            parse=_a3_parser("a3"), example="a3-pgd-20", default_options={"sigma": 10.0, "normalized": False})
+ATTACKS.add("a3n-ATTACK", _a3, "A3 with attnguard's normalized deviation: sigma * mean over cells of |clean area - "
+                               "min-max normalized Grad-CAM| (in [0, 1]), sigma 10, e.g. a3n-pgd-20; a3ns1-pgd-20 "
+                               "sets sigma 1", parse=_a3_parser("a3n"), example="a3n-pgd-20",
+            default_options={"sigma": 10.0, "normalized": True})
 ATTACKS.add("autoattack", _autoattack, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)")
 ATTACKS.add("square", _square, "Square Attack, black-box random search, 5000 queries (Andriushchenko et al. 2020)",
             uses_gradients=False, default_options={"queries": 5000})
