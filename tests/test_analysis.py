@@ -281,9 +281,8 @@ def test_analyze_run_directory(trained, tmp_path, monkeypatch):
 
 
 def test_analyze_on_the_generated_synthetic_boxes_dataset(tmp_path):
-    data = pytest.importorskip("attnguard.data")
-    if not hasattr(data, "load_dataset"):
-        pytest.skip("attnguard.data.load_dataset is not available yet")
+    from attnguard import data
+
     info = data.load_dataset("synthetic-boxes").info
     model = attnguard.create_model("lenet", input_size=info.input_size, num_classes=info.num_classes, width=0.25)
     cfg = {"data": {"name": "synthetic-boxes"}, "model": {"name": "lenet"}, "adversary": {"eps": 8 / 255}, "seed": 0}

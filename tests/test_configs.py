@@ -173,3 +173,14 @@ def test_a_packaged_name_cannot_leave_the_package(monkeypatch, tmp_path):
     assert (CONFIG_DIR / (name + ".yaml")).resolve() == outside.resolve()
     with pytest.raises(ConfigError, match="not found"):
         find_config(name)
+
+
+def test_a_parent_flat_key_and_a_child_section_merge_child_first(tmp_path):
+    """A parent written with today's flat defense keys and a child with the per-part sections are one key."""
+    from attnguard.configs import load_config_file
+
+    (tmp_path / "parent.yaml").write_text("defense:\n  preset: madry+aad\n  aad_alpha: 0.3\n  aad_beta: 0.2\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\ndefense:\n  aad:\n    alpha: 0.05\n")
+    data = load_config_file(str(tmp_path / "child.yaml"))
+    assert data["defense"]["aad"] == {"alpha": 0.05, "beta": 0.2}
+    assert "aad_alpha" not in data["defense"]

@@ -276,13 +276,7 @@ def cmd_export(args) -> int:
 def cmd_list(args) -> int:
     from .train.validate import listing
 
-    if args.what == "configs":  # the packaged configs, so the listing is the same from any directory
-        from .configs import list_configs
-
-        rows = list_configs()
-    else:
-        rows = listing(args.what)
-    for name, desc in rows:
+    for name, desc in listing(args.what):
         print(f"{name:<28} {desc}")
     return 0
 

@@ -112,6 +112,12 @@ def load_config_file(path_or_name) -> dict:
             raise ConfigError(f"config extends cycle: {names}")
         chain.append(key)
         data = _read_mapping(path)
+        if isinstance(data.get("defense"), dict):
+            # Each layer in one spelling before the merge: a parent's flat ``aad_alpha`` and a child's
+            # ``aad: {alpha: ...}`` are the same key, and the child must win rather than clash.
+            from ..defenses.config import normalize_defense_section
+
+            data["defense"] = normalize_defense_section(data["defense"])
         parent = data.pop(EXTENDS, None)
         layers.append(data)
         if parent is None:

@@ -13,9 +13,9 @@ from ..utils.modes import eval_mode
 from .blocks import PerExample, attack_correct, check_inputs
 from .core import evaluate
 from .results import format_table, to_markdown, validate_result, write_eval
-from .run import load_test_examples, run_config, run_eval
+from .run import load_test_examples, run_eval
 from .sanity import run_sanity, zero_gradient_mask
 
 __all__ = ["evaluate", "PerExample", "attack_correct", "check_inputs", "eval_mode", "write_eval", "format_table",
-           "to_markdown", "validate_result", "run_eval", "run_config", "load_test_examples", "run_sanity",
+           "to_markdown", "validate_result", "run_eval", "load_test_examples", "run_sanity",
            "zero_gradient_mask"]

@@ -15,11 +15,6 @@ from .results import write_eval
 PathLike = Union[str, os.PathLike]
 
 
-def run_config(target: PathLike) -> dict:
-    """The run config of a run directory or checkpoint file (see :attr:`attnguard.rundir.RunDir.config`)."""
-    return RunDir(target).config
-
-
 def load_test_examples(name: str, root: Optional[str], n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test examples of a dataset as float [0, 1] images and int64 labels."""
     from ..data import load_dataset

@@ -1,4 +1,5 @@
-"""Run configuration: dataclasses with the defaults, YAML files in ``configs/``, flags on top.
+"""Run configuration: dataclasses with the defaults, YAML config files (packaged names such as
+``aad/mnist5k-lenet-madry`` from :mod:`attnguard.configs`, or a path), flags on top.
 
 Layers, later ones winning: dataclass defaults -> the dataset family's adversary defaults
 (the ``family`` of the dataset's registry entry; gray, MNIST-like: eps 0.3, step 0.01; rgb:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Tuple
 
 from .config import RunConfig
@@ -43,14 +42,8 @@ def listing(what: str) -> List[Tuple[str, str]]:
         from ..attacks.registry import ATTACKS
 
         return ATTACKS.describe()
-    if what == "configs":
-        root = Path("configs")
-        if not root.is_dir():
-            return [("(none)", "no configs/ directory here; run from the attnguard repository root")]
-        out = []
-        for p in sorted(root.rglob("*.yaml")):
-            first = p.read_text().splitlines()[:1]
-            desc = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-            out.append((str(p), desc))
-        return out
+    if what == "configs":  # the packaged configs: the same listing from any directory
+        from ..configs import list_configs
+
+        return list_configs()
     raise ValueError(what)
