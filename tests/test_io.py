@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from attnguard import CheckpointError, create_model
-from attnguard.io import (FORMAT, atomic_torch_save, atomic_write_text, export_safetensors, load_model,
-                          safe_load)
+from attnguard.io import FORMAT, atomic_torch_save, atomic_write_text, export_safetensors, safe_load
+from attnguard.rundir import load_model
 
 
 def _ckpt(model):

@@ -10,7 +10,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import AttnGuardError, CheckpointError, ConfigError, DataError, UnknownNameError
-from .io import export_safetensors, load_model
+from .io import export_safetensors
+from .rundir import load_model
 from .models import MODELS, create_model
 from . import attention, attacks, evaluation
 from .evaluation import evaluate

@@ -1,4 +1,6 @@
-"""Checkpoints: atomic writes, safe loads, and ``load_model``.
+"""Checkpoints: atomic writes, safe loads, one checkpoint file to a model, safetensors export.
+
+(``attnguard.load_model`` for a run directory, checkpoint or export is in :mod:`attnguard.rundir`.)
 
 * Writes go to a temporary file in the same directory, are flushed and fsync'd, then renamed
   over the target (``os.replace`` is atomic on POSIX and Windows). A kill at any moment leaves
@@ -114,19 +116,6 @@ def _load_error_detail(e: Exception) -> str:
         text = text.split("Check the documentation", 1)[0]
     text = " ".join(text.split())
     return (text or type(e).__name__)[:200]
-
-
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: Optional[str] = None):
-    """The trained model of a run directory, checkpoint (``.pt``) or exported ``.safetensors`` file.
-
-    Returns an ``nn.Module`` in eval mode, with normalization inside, taking [0, 1] inputs.
-    For a run directory, ``which`` picks ``best`` (highest robust validation accuracy) or
-    ``last``; by default the run config's ``eval.checkpoint``, else ``best`` (see
-    :meth:`attnguard.rundir.RunDir.checkpoint`).
-    """
-    from .rundir import RunDir
-
-    return RunDir(path).model(device, which)
 
 
 def load_checkpoint_model(path: PathLike, device: Union[str, torch.device] = "cpu"):

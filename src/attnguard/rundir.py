@@ -9,7 +9,7 @@
     eval*.json, eval.md    evaluations (``eval.json`` from ``attnguard eval`` / the final evaluation)
     analysis/              what ``attnguard analyze`` writes by default
 
-``attnguard eval``, ``explain``, ``analyze``, ``report``, ``export`` and ``io.load_model`` all open
+``attnguard eval``, ``explain``, ``analyze``, ``report``, ``export`` and ``load_model`` all open
 their target with :class:`RunDir`, so each fact (which checkpoint, which eps, which test images)
 has one implementation. A checkpoint file (``.pt``) or a weights-only ``.safetensors`` export is
 accepted too: its config comes from the checkpoint, and it has no config at all for the export.
@@ -296,3 +296,14 @@ class RunDir:
     def analysis(self, notes: Optional[list] = None) -> Optional[dict]:
         """``analysis/analysis.json`` as written by ``attnguard analyze``, or None."""
         return self._json(self.analysis_dir / "analysis.json", notes)
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: Optional[str] = None):
+    """The trained model of a run directory, checkpoint (``.pt``) or exported ``.safetensors`` file.
+
+    Returns an ``nn.Module`` in eval mode, with normalization inside, taking [0, 1] inputs.
+    For a run directory, ``which`` picks ``best`` (highest robust validation accuracy) or
+    ``last``; by default the run config's ``eval.checkpoint``, else ``best`` (see
+    :meth:`attnguard.rundir.RunDir.checkpoint`).
+    """
+    return RunDir(path).model(device, which)

@@ -273,7 +273,7 @@ def _rays(eps, spec, *, seed, norm, **_):
 
 
 def _transfer(eps, spec, *, device, **opts):
-    from ..io import load_model
+    from ..rundir import load_model
     from .transfer import Transfer
 
     source = load_model(spec.params["path"], device=device)
