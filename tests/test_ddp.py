@@ -1,14 +1,25 @@
-"""DDP through the real torchrun path on the CPU (gloo), against a single process with the same global batch.
+"""DDP through the real torchrun path on the CPU (gloo), against what it must equal.
 
 ``python -m torch.distributed.run --nproc-per-node 2 -m attnguard train`` with a global batch of
-100 (50 per rank) must end with the weights of ``attnguard train`` with batch 100: the two ranks'
-batches together are the single-process batch (BatchLoader sharding), DDP averages the
-per-rank gradients of per-rank means (= the gradient of the global mean), and the adversary has
-no random start (``adversary.random_start=false``) so per-rank random draws play no part.
-LeNet has no BatchNorm, so what remains is float summation order.
+100 (50 per rank), ``madry+aad``, 12 Adam steps, no random start, is compared with two runs in
+this process (both with one intra-op thread, like each torchrun worker):
 
-Tolerance (also in docs/DISTRIBUTED.md): final weights max |diff| <= 1e-4, logged train metrics
-within 1e-4 absolute. Measured here: about 1e-7 on the weights after 12 Adam steps.
+* the **two-shard reference**: ``attnguard train`` with batch 100 whose objective is replaced by
+  what DDP must compute: the gradient of the objective on rank 0's shard ``x[0::2]`` and on
+  rank 1's ``x[1::2]`` (the docs' sharding), each taken on its own, then ``(g0 + g1) / 2``. The
+  ranks do the same float operations, so the DDP run must end on these weights and Adam moments
+  up to 1e-6 (measured: bitwise equal). A missing all-reduce, a sum instead of a mean, a wrong
+  shard or a rank on another seed each move the weights by >= 5e-3 and Adam's moments by > 50 %.
+* the **single process with batch 100** (what a user compares with). Its per-parameter gradient
+  sums run in another order than the sum of two half-batch gradients (relative difference about
+  1e-6). With a smooth objective that stays at 2e-8..3e-6 on the weights, but PGD's L-inf sign
+  steps and AAD's hard attention mask (``g >= mean g``) turn it into discrete flips: on the
+  AMD EPYC CI machine seed 1 flips the PGD signs of 8 pixels of one example at step 6 and the
+  runs end 1.7e-3 apart (8 of 15 seeds flip). So this comparison checks only what survives a
+  flip (bands measured over seeds; see docs/DISTRIBUTED.md).
+
+LeNet has no BatchNorm and no dropout, and there is no random start, so per-rank batch
+statistics and random draws play no part.
 """
 
 import json
@@ -20,8 +31,17 @@ import sys
 import pytest
 import torch
 
-WEIGHT_TOL = 1e-4
-METRIC_TOL = 1e-4
+# DDP vs the two-shard reference (same float operations): measured 0 on weights and Adam state,
+# relative <= 1.4e-7 on the logged means (their sums over steps run in another order); one flip
+# moves the weights by >= 1e-4.
+SHARD_TOL = 1e-6
+SHARD_METRIC_REL = 1e-6
+# DDP vs one process with batch 100, flips or none: about 3x the worst of 15 seeds on the AMD EPYC
+# machine (weights 4.3e-3, losses 8.2e-4, train accuracies 0.01, validation 0.025); see docs/DISTRIBUTED.md
+SINGLE_WEIGHT_TOL = 1.5e-2
+SINGLE_LOSS_TOL = 2.5e-3  # loss, ce, aad_rect, aad_pres
+SINGLE_ACC_TOL = 0.03  # train accuracies (means of 400 examples: 2.5e-3 per example)
+SINGLE_VAL_TOL = 0.05  # validation accuracies (200 examples)
 
 ARGS = ["--dataset", "mnist-5k", "--model", "lenet", "--defense", "madry+aad", "--set", "model.width=0.25",
         "--epochs", "1", "--batch-size", "100", "--set", "train.max_steps=12", "--set", "data.val_size=200",
@@ -85,49 +105,120 @@ def _wait(proc, timeout=300):
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+class TwoShards:
+    """The objective DDP over two ranks must amount to, in one process: each rank's gradient on its
+    shard, then their mean, in DDP's float order.
+
+    Rank ``r``'s batch is ``x[r::2]`` of the single-process batch (BatchLoader's sharding, the
+    docs' contract). Each shard's gradient is taken on its own (as each rank's backward does)
+    and the two are averaged as DDP's all-reduce does (``g0 / 2 + g1 / 2``, which equals
+    ``(g0 + g1) / 2`` bit for bit). Backpropagating ``(l0 + l1) / 2`` instead would let autograd
+    interleave the two shards' contributions to a parameter: another summation order, enough for
+    a PGD sign flip. The trainer backpropagates the returned surrogate, whose gradient is exactly
+    the averaged one, and logs ``parts`` (``parts["loss"]`` is the shards' mean loss).
+    """
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def __call__(self, model, x, y):
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads, parts = [], []
+        for r in range(2):
+            loss, p = self.objective(model, x[r::2], y[r::2])
+            grads.append(torch.autograd.grad(loss, params))
+            parts.append(p)
+        mean = [g0 * 0.5 + g1 * 0.5 for g0, g1 in zip(*grads)]
+        surrogate = sum((p * g).sum() for p, g in zip(params, mean))
+        return surrogate, {k: (parts[0][k] + parts[1][k]) * 0.5 for k in parts[0]}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread):
+    import attnguard.train.trainer as trainer_module
     from attnguard.cli import main
 
     root = tmp_path_factory.mktemp("ddp")
     # no --out under torchrun: rank 0's timestamped name must reach rank 1
     ddp = _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                   "-m", "attnguard", "train", *ARGS], cwd=root)
-    try:  # the single-process reference runs in this process meanwhile
-        assert main(["train", *ARGS, "--out", str(root / "single")]) == 0
+    try:  # the references run in this process meanwhile, on one thread (one_thread) like each worker
+        assert main(["train", *ARGS, "--no-eval", "--out", str(root / "single")]) == 0
+        build = trainer_module.build_objective
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trainer_module, "build_objective", lambda *a, **k: TwoShards(build(*a, **k)))
+            assert main(["train", *ARGS, "--no-eval", "--out", str(root / "shards")]) == 0
     finally:
         ddp = _wait(ddp)
     made = list((root / "runs").iterdir())
     assert len(made) == 1, f"ranks disagreed on the run directory: {made}"
-    return made[0], root / "single", ddp
+    return {"ddp": made[0], "single": root / "single", "shards": root / "shards", "proc": ddp}
 
 
 def _records(run, split):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if json.loads(l)["split"] == split]
 
 
-def test_ddp_matches_single_process(runs):
-    ddp, single, _ = runs
-    a = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
-    assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 12
-    worst = max((a["model"][k] - b["model"][k]).abs().max().item() for k in b["model"])
-    assert worst <= WEIGHT_TOL, f"max |w_ddp - w_single| = {worst:.3g}"
-    moved = max((a["model"][k] - torch.load(ddp / "checkpoints" / "best.pt", weights_only=True)["model"][k])
-                .abs().max().item() for k in b["model"])
+def _last(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in b)
+
+
+def test_ddp_is_the_mean_of_the_shard_gradients(runs):
+    """Tight: DDP ends where the two-shard reference ends (weights, Adam moments, logged means)."""
+    a, r = _last(runs["ddp"]), _last(runs["shards"])
+    assert a["world_size"] == 2 and r["world_size"] == 1 and a["step"] == r["step"] == 12
+    worst = _max_diff(a["model"], r["model"])
+    assert worst <= SHARD_TOL, f"max |w_ddp - w_shards| = {worst:.3g}"
+    # Adam is almost blind to a gradient's scale (a sum instead of a mean barely moves the weights);
+    # its moments are not: exp_avg is linear in the gradients
+    sa, sr = a["optimizer"]["state"], r["optimizer"]["state"]
+    assert sorted(sa) == sorted(sr) and sa
+    for i in sr:
+        for key in ("exp_avg", "exp_avg_sq"):
+            rel = ((sa[i][key] - sr[i][key]).abs().max() / sr[i][key].abs().max()).item()
+            assert rel <= SHARD_TOL, f"Adam {key} of parameter {i}: relative difference {rel:.3g}"
+    moved = _max_diff(a["model"], torch.load(runs["ddp"] / "checkpoints" / "best.pt", weights_only=True)["model"])
     assert moved == 0.0  # one epoch: best is last
-    ta, tb = _records(ddp, "train"), _records(single, "train")
-    assert [r["step"] for r in ta] == [r["step"] for r in tb] == [4, 6, 8, 12]
-    for ra, rb in zip(ta, tb):
-        assert ra.keys() == rb.keys()
+    ta, tr = _records(runs["ddp"], "train"), _records(runs["shards"], "train")
+    assert [x["step"] for x in ta] == [x["step"] for x in tr] == [4, 6, 8, 12]
+    for ra, rr in zip(ta, tr):
+        assert ra.keys() == rr.keys()
         for k in ("loss", "ce", "aad_rect", "aad_pres", "acc_clean", "acc_adv", "lr"):
-            assert ra[k] == pytest.approx(rb[k], abs=METRIC_TOL), (ra["step"], k)
-    va, vb = _records(ddp, "val"), _records(single, "val")
-    assert len(va) == len(vb) == 1 and va[0]["acc_clean"] == pytest.approx(vb[0]["acc_clean"], abs=0.011)
+            assert ra[k] == pytest.approx(rr[k], rel=SHARD_METRIC_REL, abs=1e-7), (ra["step"], k)
+    va, vr = _records(runs["ddp"], "val"), _records(runs["shards"], "val")
+    assert len(va) == len(vr) == 1
+    assert (va[0]["acc_clean"], va[0]["acc_adv"]) == (vr[0]["acc_clean"], vr[0]["acc_adv"])
+
+
+def test_ddp_matches_single_process_up_to_flips(runs):
+    """Loose: what a PGD sign or AAD mask flip leaves of the equivalence with one process, batch 100."""
+    a, b = _last(runs["ddp"]), _last(runs["single"])
+    assert b["world_size"] == 1 and a["step"] == b["step"] == 12
+    worst = _max_diff(a["model"], b["model"])
+    assert worst <= SINGLE_WEIGHT_TOL, f"max |w_ddp - w_single| = {worst:.3g}"
+    ta, tb = _records(runs["ddp"], "train"), _records(runs["single"], "train")
+    assert [x["step"] for x in ta] == [x["step"] for x in tb] == [4, 6, 8, 12]
+    for ra, rb in zip(ta, tb):
+        assert ra.keys() == rb.keys() and ra["epoch"] == rb["epoch"]
+        assert ra["lr"] == rb["lr"]  # the schedule counts global steps, whatever the world size
+        for k, tol in [("loss", SINGLE_LOSS_TOL), ("ce", SINGLE_LOSS_TOL), ("aad_rect", SINGLE_LOSS_TOL),
+                       ("aad_pres", SINGLE_LOSS_TOL), ("acc_clean", SINGLE_ACC_TOL), ("acc_adv", SINGLE_ACC_TOL)]:
+            assert ra[k] == pytest.approx(rb[k], abs=tol), (ra["step"], k)
+    va, vb = _records(runs["ddp"], "val"), _records(runs["single"], "val")
+    assert len(va) == len(vb) == 1
+    for k in ("acc_clean", "acc_adv"):
+        assert va[0][k] == pytest.approx(vb[0][k], abs=SINGLE_VAL_TOL), k
 
 
 def test_only_rank0_writes_and_evaluates(runs):
-    ddp, _, proc = runs
+    ddp, proc = runs["ddp"], runs["proc"]
     assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
                                                       "metrics.jsonl", "train.json"]
     assert json.loads((ddp / "train.json").read_text())["world_size"] == 2
