@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnguard.defenses import (BASES, PRESETS, REGULARIZERS, AdversaryConfig, Context, DefenseConfig, NoParams,
+from attnguard.defenses import (BASES, PRESETS, REGULARIZERS, AdversaryConfig, Context, DefenseConfig,
                                 build_objective, canonical_name, crafting_mode, normalize_defense_section, parse_preset,
                                 unwrap)
 from attnguard.defenses.aad import AADParams, attention_mask, masked_input, preservation_loss, rectification_loss
 from attnguard.defenses.afm import feature_distance, norm_decay
 from attnguard.defenses.alp import logit_pairing
+from attnguard.defenses.madry import MadryParams
 from attnguard.defenses.at import attention_pairing
 from attnguard.defenses.trades import TradesKLLoss, trades_kl
 from attnguard.errors import ConfigError, UnknownNameError
@@ -73,19 +74,20 @@ def tiny_context(preset="madry", closed_form=True, **sections):
 def test_logit_pairing_by_hand():
     clean = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
     adv = torch.tensor([[0.0, 2.0, 2.0], [1.0, 1.0, 1.0]])
-    # squared differences: 1 + 0 + 4 = 5 and 1 + 1 + 1 = 3; mean over the batch = 4
-    assert logit_pairing(clean, adv).item() == pytest.approx(4.0)
+    # squared differences: 1, 0, 4 and 1, 1, 1 (sum 8); the mean over all B*K = 6 entries is 8/6,
+    # not the mean over the batch of the per-example sums (4, K = 3 times stronger)
+    assert logit_pairing(clean, adv).item() == pytest.approx(8.0 / 6.0)
 
 
 def test_alp_base_by_hand():
     obj, _, ctx = tiny_context("alp", alp={"lambda": 0.5})
     # z(x) = (-0.125, 0.125): CE_clean = log(1 + e^-0.25); z(x_adv) = (0, 0): CE_adv = log 2
-    # ALP = (-0.125 - 0)^2 + (0.125 - 0)^2 = 0.03125
+    # ALP = mean over the B*K = 2 entries of ((-0.125 - 0)^2, (0.125 - 0)^2) = 0.015625
     ce = 0.5 * (math.log(1 + math.exp(-0.25)) + math.log(2.0))
     loss = obj.base.loss(ctx)
     assert ctx.parts["ce"].item() == pytest.approx(ce, abs=1e-6)
-    assert ctx.parts["alp"].item() == pytest.approx(0.03125, abs=1e-7)
-    assert loss.item() == pytest.approx(ce + 0.5 * 0.03125, abs=1e-6)
+    assert ctx.parts["alp"].item() == pytest.approx(0.015625, abs=1e-7)
+    assert loss.item() == pytest.approx(ce + 0.5 * 0.015625, abs=1e-6)
 
 
 def test_trades_kl_by_hand():
@@ -278,7 +280,7 @@ def test_base_objectives_match_formulas(preset):
     if preset == "madry":
         expected = F.cross_entropy(za, y)
     elif preset == "alp":
-        expected = 0.5 * (F.cross_entropy(zc, y) + F.cross_entropy(za, y)) + 0.7 * ((zc - za) ** 2).sum(1).mean()
+        expected = 0.5 * (F.cross_entropy(zc, y) + F.cross_entropy(za, y)) + 0.7 * ((zc - za) ** 2).mean()
     else:
         kl = (F.softmax(zc, 1) * (F.log_softmax(zc, 1) - F.log_softmax(za, 1))).sum(1).mean()
         expected = F.cross_entropy(zc, y) + 3.0 * kl
@@ -378,7 +380,8 @@ def test_config_defaults_and_from_dict():
     assert (d.preset, d.fused_forward) == ("madry", True)
     assert (d.alp.weight, d.trades.beta, d.aad.alpha, d.aad.beta, d.aad.kappa) == (0.5, 6.0, 0.01, 0.01, "mean")
     assert (d.at.beta, d.at.power, d.at.p, d.afm.lambda1, d.afm.lambda2) == (1.0, 2.0, 2.0, 10.0, 0.01)
-    assert d.params("aad") is d.aad and d.params("madry") == NoParams()
+    assert d.params("aad") is d.aad and d.params("madry") == MadryParams()
+    assert {d.params(b).classification_loss for b in ("standard", "madry", "alp", "trades")} == {"ce"}
     assert (a.eps, a.step_size, a.steps, a.random_start, a.norm, a.bn_mode) == (0.3, 0.01, 40, True, "linf", "eval")
     assert DefenseConfig.from_dict({"preset": "at+alp", "aad": {"kappa": 0.2}}).aad.kappa == 0.2
     assert DefenseConfig.from_dict({"aad": {"alpha": "1e-3"}}).aad.alpha == 0.001  # YAML 1.1 reads 1e-3 as text
@@ -392,9 +395,13 @@ def test_config_sections_in_the_old_order():
     """config.yaml keeps every parameter, in the order of the flat keys it replaces; the dict reads back equal."""
     d = DefenseConfig(preset="alp+aad", alp={"lambda": 0.7}, aad=AADParams(alpha=0.2, kappa=0.5))
     out = d.to_dict()
-    assert list(out) == ["preset", "alp", "trades", "aad", "at", "afm", "fused_forward"]
-    assert out["alp"] == {"lambda": 0.7} and out["aad"] == {"alpha": 0.2, "beta": 0.01, "kappa": 0.5}
-    assert [k for section in ("alp", "trades", "aad", "at", "afm") for k in out[section]] == \
+    # (regularizers registered after afm add their sections before fused_forward)
+    assert list(out)[:8] == ["preset", "standard", "madry", "alp", "trades", "aad", "at", "afm"]
+    assert list(out)[-1] == "fused_forward"
+    assert out["alp"] == {"lambda": 0.7, **CE} and out["aad"] == {"alpha": 0.2, "beta": 0.01, "kappa": 0.5}
+    assert out["standard"] == out["madry"] == CE  # L_c is recorded for every base
+    assert [k for section in ("alp", "trades", "aad", "at", "afm") for k in out[section]
+            if k != "classification_loss"] == \
         ["lambda", "beta", "alpha", "beta", "kappa", "beta", "power", "p", "lambda1", "lambda2"]
     assert DefenseConfig.from_dict(out) == d
     assert DefenseConfig.from_dict(out) != DefenseConfig.from_dict({**out, "aad": {"alpha": 0.3}})
@@ -406,13 +413,17 @@ FLAT = {"preset": "alp+aad+at", "alp_lambda": 0.7, "trades_beta": 3.0, "aad_alph
 NESTED = {"preset": "alp+aad+at", "alp": {"lambda": 0.7}, "trades": {"beta": 3.0},
           "aad": {"alpha": 0.2, "beta": 0.3, "kappa": 0.4}, "at": {"beta": 2.0, "power": 3.0, "p": 1.0},
           "afm": {"lambda1": 5.0, "lambda2": 0.5}, "fused_forward": False}
+CE = {"classification_loss": "ce"}
+# NESTED as to_dict writes it: every base's section records its (default) classification loss
+NESTED_OUT = {"preset": "alp+aad+at", "standard": CE, "madry": CE, "alp": {"lambda": 0.7, **CE},
+              "trades": {"beta": 3.0, **CE}, **{k: NESTED[k] for k in ("aad", "at", "afm", "fused_forward")}}
 
 
 def test_flat_keys_are_aliases_of_the_sections():
     assert normalize_defense_section(FLAT) == NESTED
     assert normalize_defense_section(NESTED) == NESTED
     old, new = DefenseConfig.from_dict(FLAT), DefenseConfig.from_dict(NESTED)
-    assert old == new and old.to_dict() == NESTED
+    assert old == new and {k: v for k, v in old.to_dict().items() if k in NESTED_OUT} == NESTED_OUT
     assert (old.alp.weight, old.aad.kappa, old.at.p, old.afm.lambda2) == (0.7, 0.4, 1.0, 0.5)
     assert DefenseConfig(**FLAT) == new  # keywords too
     # an alias next to the section it belongs to fills that section in

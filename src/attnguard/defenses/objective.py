@@ -1,9 +1,10 @@
 """A training objective: base loss + weighted regularizers (AAD eq. 10; AT+ALP eq. 2; AFM eq. 6).
 
 ``loss, parts = objective(model, x, y)``: ``loss`` is a differentiable scalar; ``parts`` maps names
-to detached 0-dim tensors (``ce``, ``alp``, ``trades_kl``, ``aad_rect``, ``aad_pres``, ``at``,
-``afm``, ``afm_norm``, ``acc_clean``, ``acc_adv``, ``loss``). The step has no host
-synchronization; reading the parts (``.item()``) is the caller's choice, e.g. every N steps.
+to detached 0-dim tensors (``ce``, the base's classification loss L_c; ``alp``, ``trades_kl``,
+``aad_rect``, ``aad_pres``, ``at``, ``afm``, ``afm_norm``, ``acc_clean`` (when a clean pass ran),
+``acc_adv``, ``loss``). The step has no host synchronization; reading the parts (``.item()``) is
+the caller's choice, e.g. every N steps.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class Objective:
         base: the base objective (owns the adversary).
         regularizers: attention regularizers (require a base with an adversary).
         name: the canonical defense name.
-        fused_forward: run clean and adversarial examples through the model in one forward pass.
+        fused_forward: run clean and adversarial examples through the model in one forward pass,
+            for a base that ``fuses_clean`` (alp, trades); madry's passes stay its own.
     """
 
     def __init__(self, base: BaseObjective, regularizers: List[Regularizer], name: str, *, fused_forward: bool = True):
@@ -53,9 +55,10 @@ class Objective:
         runs through it; crafting and metadata use the unwrapped model."""
         inner = unwrap(model)
         x_adv = self.base.craft(inner, x, y)
-        need_clean = self.base.needs_clean_logits or bool(self.regularizers)
-        ctx = Context(model, x, y, x_adv, fused_forward=self.fused_forward, layers=self.layers(inner),
-                      need_clean=need_clean)
+        # The passes are the base's: a regularizer adds at most a clean pass that leaves the base's
+        # loss and BN running statistics alone (context.py), never a fused batch the base lacks.
+        ctx = Context(model, x, y, x_adv, fused_forward=self.fused_forward and self.base.fuses_clean,
+                      layers=self.layers(inner), need_clean=self.base.needs_clean_logits)
         loss = self.base.loss(ctx)
         for reg in self.regularizers:
             for term in reg(ctx).values():

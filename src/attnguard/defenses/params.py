@@ -19,7 +19,7 @@ from ..errors import ConfigError, check_range
 
 @dataclass
 class NoParams:
-    """The section of a part without parameters (standard, madry)."""
+    """The section of a part without parameters."""
 
 
 def check_bool(name: str, value) -> bool:
@@ -31,6 +31,18 @@ def check_bool(name: str, value) -> bool:
 def check_weight(name: str, value) -> float:
     """A term weight: a number >= 0, as float (0 switches the term off)."""
     return float(check_range(name, value, 0.0))
+
+
+# L_c, the classification loss of a base that classifies (``defense.<base>.classification_loss``):
+# softmax cross-entropy, or AAD eq. 10's "standard multi-label soft margin loss" on one-hot targets.
+CLASSIFICATION_LOSSES = ("ce", "soft-margin")
+
+
+def check_classification_loss(name: str, value) -> str:
+    """One of :data:`CLASSIFICATION_LOSSES`."""
+    if value not in CLASSIFICATION_LOSSES:
+        raise ConfigError(f"{name} must be one of {', '.join(CLASSIFICATION_LOSSES)}, got {value!r}")
+    return value
 
 
 def yaml_key(f: Field) -> str:

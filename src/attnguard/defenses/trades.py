@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from ..attacks.base import project
 from ..attacks.pgd import PGD
 from .adversary import AdversaryConfig
-from .base import BaseObjective
-from .params import check_weight
+from .base import BaseObjective, classification_loss
+from .params import check_classification_loss, check_weight
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -65,26 +65,36 @@ class TradesParams:
 
     Attributes:
         beta: the KL regularization weight (Zhang et al. 2019 use 6 on CIFAR-10).
+        classification_loss: L_c on ``f(x)``: ``ce`` (softmax cross-entropy, Zhang et al.) or
+            ``soft-margin`` (AAD eq. 10; see :func:`~attnguard.defenses.base.classification_loss`).
+            The KL term and the adversary are unchanged.
     """
 
     beta: float = 6.0
+    classification_loss: str = "ce"
 
     def __post_init__(self):
         self.beta = check_weight("defense.trades.beta", self.beta)
+        self.classification_loss = check_classification_loss("defense.trades.classification_loss",
+                                                             self.classification_loss)
 
 
 class Trades(BaseObjective):
-    """``CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))`` (batchmean), both terms differentiable."""
+    """``L_c(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))`` (batchmean), both terms differentiable.
+
+    The clean and adversarial halves are one batch (``fuses_clean``) when ``fused_forward`` is on.
+    """
 
     name = "trades"
     needs_clean_logits = True
+    fuses_clean = True
     Params = TradesParams
 
     def make_attack(self, adversary: AdversaryConfig) -> TradesPGD:
         return TradesPGD(adversary.eps, alpha=adversary.step_size, steps=adversary.steps, norm=adversary.norm)
 
     def loss(self, ctx) -> torch.Tensor:
-        ce = F.cross_entropy(ctx.logits_clean.float(), ctx.y)
+        ce = classification_loss(self.params.classification_loss, ctx.logits_clean, ctx.y)
         kl = trades_kl(ctx.logits_clean, ctx.logits_adv)
         ctx.report("ce", ce)
         ctx.report("trades_kl", kl)
