@@ -9,17 +9,22 @@ A3 adds an attention-deviation term to the loss of any gradient attack:
 Our reading of eq. 11-12 (``a3-<attack>``, class :class:`A3`):
 
 * ``Att(x)`` is the attention area of the *clean* image (eq. 3): its true-class Grad-CAM
-  binarized at ``kappa = mean(g(x))`` (sec. 5.1), a constant 0/1 map. The paper binarizes "to
-  better calculate the distance"; only the clean side can be binary, since a binarized
+  binarized at ``kappa = mean(g(x))`` (sec. 5.1), a constant 0/1 map. Sec. 4.3 binarizes the
+  attention before taking the distance; only the clean side can be binary, since a binarized
   ``g(x_adv)`` would carry no gradient.
 * ``g(x_adv)`` is the true-class Grad-CAM of the adversarial image exactly as eq. 1-2 define it:
   ``ReLU(sum_k alpha_k A^k)``, *not* normalized, differentiable w.r.t. ``x_adv``.
 * ``||.||_1`` is the sum of ``|Att(x) - g(x_adv)|`` over the ``h*w`` cells of the map.
 
-So ``D = sum_cells |Att(x) - g(x_adv)|`` is in the Grad-CAM's own units (for a GAP + linear head,
-the closed-form map sums to about the true-class logit minus its bias) and grows with the number
-of cells: ``sigma = 10`` weighs ten times a sum of ``h*w`` terms against one cross-entropy value,
-which is far heavier than ``sigma = 10`` on the mean of normalized maps.
+So ``D = sum_cells |Att(x) - g(x_adv)|`` is in the Grad-CAM's own units and grows with the number
+of cells. Where ``g < 1`` (Grad-CAM values are usually far below the mask's 1: on the default
+LeNet's 14x14 map the largest cell is about 0.005 after training), ``D = |Att| + sum_outside g -
+sum_inside g``: a constant (the area's cell count) plus the CAM mass outside the clean area minus
+the mass inside it, and its gradient moves each cell by ``+-1`` per unit of ``g``. What sigma = 10
+means therefore depends on the model: it weighs ten times that mass difference against one
+cross-entropy value. It is not a3n's sigma = 10: there a cell moves ``D`` by ``1 / (h*w * (max g -
+min g))`` per unit of ``g``, so the paper's sigma equals a3n's sigma times ``h*w * (max g - min g)``
+(close to 1 on the default LeNet, far above 1 for models with large CAM values).
 
 ``a3n-<attack>`` (class :class:`A3`, ``normalized=True``) keeps attnguard's earlier variant:
 ``D = mean_cells |Att(x) - normalize(g(x_adv))|`` with ``g`` min-max normalized per example, so
@@ -104,8 +109,9 @@ class A3(Attack):
             StepLL, IterStepLL. Targeted attacks on user-given targets are refused: A3 explains the
             label passed to the call, which must be the true class.
         sigma: weight of the attention deviation (AAD uses 10). With ``normalized=False`` it
-            multiplies a sum over the ``h*w`` cells of an unnormalized map, with ``normalized=True``
-            a mean in [0, 1]: the same sigma weighs the attention far more in the first case.
+            multiplies a sum over the ``h*w`` cells in the Grad-CAM's own units, with
+            ``normalized=True`` a mean in [0, 1]; one sigma of the first equals
+            ``h*w * (max g - min g)`` of the second (see the module docstring).
         kappa: threshold of the clean attention area, ``"mean"`` (AAD's default) or a number.
         layer: Grad-CAM layer (module or dotted name); default the model's ``attention_layer``.
         normalized: ``False`` (default): AAD eq. 11-12 as written, ``a3-<attack>``. ``True``:

@@ -296,8 +296,9 @@ ATTACKS.add("pgd-K", _pgd, "PGD, K steps on the CE loss, step 2.5*eps/K, random 
 ATTACKS.add("cw-K", _pgd, "CW-K, K PGD steps on the Carlini-Wagner margin loss (Carlini & Wagner 2017), e.g. cw-20",
             pattern=r"cw-(?P<steps>.*)", example="cw-20", a3_base=True, default_options={"loss": "cw", "restarts": 1})
 ATTACKS.add("a3-ATTACK", _a3, "A3 as AAD eq. 11-13 write it: a gradient attack plus sigma * sum over cells of "
-                              "|clean attention area - unnormalized Grad-CAM|, sigma 10 (weighs the attention far "
-                              "more than in a3n), e.g. a3-pgd-20, a3-iter-stepll-10; a3s1-pgd-20 sets sigma 1",
+                              "|clean attention area - unnormalized Grad-CAM|, sigma 10 in the CAM's own units "
+                              "(= a3n's sigma x h*w*(max g - min g)), e.g. a3-pgd-20, a3-iter-stepll-10; "
+                              "a3s1-pgd-20 sets sigma 1",
             parse=_a3_parser("a3"), example="a3-pgd-20", default_options={"sigma": 10.0, "normalized": False})
 ATTACKS.add("a3n-ATTACK", _a3, "A3 with attnguard's normalized deviation: sigma * mean over cells of |clean area - "
                                "min-max normalized Grad-CAM| (in [0, 1]), sigma 10, e.g. a3n-pgd-20; a3ns1-pgd-20 "
