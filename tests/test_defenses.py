@@ -488,7 +488,8 @@ class _CountingWrapper(nn.Module):
         return self.module(x)
 
 
-@pytest.mark.parametrize("preset,fused", [("alp+aad+at", True), ("afm", True), ("madry", True), ("trades+aad", False)])
+@pytest.mark.parametrize("preset,fused", [("alp+aad+at", True), ("afm", True), ("madry", True), ("trades+aad", False),
+                                          ("madry+aad", True)])
 def test_wrapper_runs_exactly_one_forward(preset, fused):
     torch.manual_seed(0)
     inner = create_model("lenet", width=0.25).train()
@@ -514,7 +515,8 @@ def test_real_ddp_wrapper_matches_plain_model(tmp_path):
         pytest.skip("a process group is already initialized")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        for arch, preset in (("lenet", "alp+aad+at"), ("resnet9", "afm")):
+        # madry+aad: the adversarial pass through DDP, the regularizer's clean pass through the inner model
+        for arch, preset in (("lenet", "alp+aad+at"), ("resnet9", "afm"), ("lenet", "madry+aad")):
             torch.manual_seed(0)
             model = create_model(arch, width=0.25 if arch == "lenet" else 0.125).eval()  # eval: BN deterministic
             x, y = torch.rand(4, *model.input_size), torch.arange(4)

@@ -52,8 +52,8 @@ class Context:
 
     Attributes:
         inner: the unwrapped model (metadata, hooks, extra forwards).
-        logits_clean, logits_adv: ``[B, K]`` logits (``logits_clean`` None without a clean pass
-            only when nothing reads it; reading it runs the pending clean pass).
+        logits_clean, logits_adv: ``[B, K]`` logits; when the clean pass is not the base's,
+            reading ``logits_clean`` (or a clean activation, or the CAMs) runs it.
         fused: whether the clean and adversarial halves went through the model as one batch.
         parts: unweighted values reported so far (detached 0-dim tensors).
     """
