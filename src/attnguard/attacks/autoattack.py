@@ -1,45 +1,52 @@
-"""AutoAttack, "standard" version (Croce & Hein, ICML 2020), assembled from torchattacks components.
+"""AutoAttack, "standard" version (Croce & Hein, ICML 2020), run with the authors' own code.
 
-torchattacks' own ``AutoAttack`` class leaves every component at 10 iterations, which is not the
-standard evaluation; this class configures the components with the reference settings of
-``fra31/auto-attack`` (``AutoAttack.set_version("standard")``) and runs them in sequence.
+The components are those of the authors' package (PyPI ``pyautoattack``, the code of
+``fra31/auto-attack``): their ``AutoAttack`` object is built with ``version="standard"``, so every
+setting is theirs, not a copy of it. Only the PyTorch modules of the package are imported
+(``pyautoattack/__init__`` loads ``autoattack.py`` and the four PyTorch components; the
+TensorFlow helpers ``utils_tf*.py`` and ``fab_tf.py`` are never imported).
+
+Their ``run_standard_evaluation`` is not called: it only logs the robust accuracy after each
+component, and it runs its own checks and batching. :meth:`AutoAttack.perturb` runs the same
+sequence the same way (each component on the examples still robust, under ``torch.no_grad()``,
+all with the same seed) and keeps, per example, whether it survived each component.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..errors import ConfigError
 from .base import Attack, project
-from .square import TA_NORMS, check_square_l2_size, resolve_seed, run_torchattack
+from .square import REFERENCE_NORMS, check_square_l2_size, resolve_seed, run_reference
 
-STANDARD = dict(steps=100, n_queries=5000, n_target_classes=9)
+COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+STANDARD = dict(steps=100, n_queries=5000, n_target_classes=9)  # what version="standard" sets (checked in tests)
 
 
 class AutoAttack(Attack):
     """AutoAttack (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
-    diverse parameter-free attacks"), version ``"standard"``.
+    diverse parameter-free attacks"), version ``"standard"``, with the authors' implementation.
 
     Components, run in this order, each on the examples still classified correctly (so the result
     is the per-example worst case: the first component that fools the model decides):
 
-    1. APGD-CE: ``torchattacks.APGD(loss="ce", steps=100, n_restarts=1, eot_iter=1, rho=0.75)``.
-    2. APGD-T: ``torchattacks.APGDT(steps=100, n_restarts=1, eot_iter=1, rho=0.75)`` with
-       ``n_target_classes = min(9, C - 1)`` (targeted DLR loss towards each of the top-2 .. top-10
-       classes in turn). Skipped for ``C < 4`` classes: the targeted DLR loss divides by
-       ``z_1 - (z_3 + z_4) / 2`` and needs four logits.
-    3. FAB-T: ``torchattacks.FAB(multi_targeted=True, steps=100, n_restarts=1, alpha_max=0.1,
-       eta=1.05, beta=0.9)`` with ``n_target_classes = min(9, C - 1)``.
-    4. Square: ``torchattacks.Square(n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
-       resc_schedule=False)``.
+    1. APGD-CE: APGD on the cross-entropy, 100 iterations, 1 restart, ``rho = 0.75``.
+    2. APGD-T: APGD on the targeted DLR loss towards each of the top-2 .. top-10 classes in turn,
+       100 iterations each. Skipped for ``C < 4`` classes: the targeted DLR loss divides by
+       ``z_1 - (z_3 + z_4) / 2`` and needs four logits (the authors' check says the same).
+    3. FAB-T: targeted FAB, 100 iterations, 1 restart, the same 9 target classes.
+    4. Square: 5000 queries, ``p_init = 0.8``, margin loss, no rescaled schedule.
 
-    These are the reference's standard settings for L-inf and L2 (``fra31/auto-attack``,
-    ``set_version("standard")``: APGD 1 restart, APGD-T and FAB-T 9 target classes, 100 iterations
-    each, Square 5000 queries without rescaled schedule). All components get the same seed, as in
-    the reference. Every component's output is projected onto the eps-ball and [0, 1] before its
-    success is checked, so a point counted as fooling is the point returned.
+    These are ``pyautoattack.AutoAttack(version="standard")``'s settings for L-inf and L2. One
+    departure: with ``C <= 9`` classes APGD-T and FAB-T use ``C - 1`` target classes, where the
+    authors' code would index past the last class. All components get the same seed, as in the
+    reference. Every component's output is projected onto the eps-ball and [0, 1] before its
+    success is checked, so a point counted as fooling is the point returned. Examples the model
+    already misclassifies are left unchanged (the authors' robust flags start at clean accuracy).
 
     Args:
         eps: radius ([0, 1] pixel units).
@@ -51,8 +58,12 @@ class AutoAttack(Attack):
         verbose: print the robust accuracy after each component.
         steps, n_queries, n_target_classes: only with ``version="custom"``.
 
-    After a call, ``last_robust`` maps each component name to the number of attacked examples
-    (the correctly classified ones) still robust after it.
+    After a call, for the batch given to it:
+
+    * ``last_components`` maps each component that ran to a bool tensor ``[B]``: the example is
+      classified correctly clean and still after this component (cumulative, so non-increasing);
+    * ``last_robust`` maps each component to the number of such examples;
+    * ``last_seconds`` maps each component to its wall-clock time.
     """
 
     name = "autoattack"
@@ -60,7 +71,9 @@ class AutoAttack(Attack):
     def __init__(self, eps: float, *, norm: str = "linf", version: str = "standard", num_classes: int = 10,
                  seed: Optional[int] = 0, verbose: bool = False, steps: Optional[int] = None,
                  n_queries: Optional[int] = None, n_target_classes: Optional[int] = None):
-        super().__init__(eps, norm=norm, skip_misclassified=True, seed=seed)
+        # skip_misclassified=False: perturb sees the whole batch and starts from the clean robust flags
+        # itself, so that its per-component outcomes cover every example of the call.
+        super().__init__(eps, norm=norm, skip_misclassified=False, seed=seed)
         if version not in ("standard", "custom"):
             raise ConfigError(f"AutoAttack version must be 'standard' or 'custom', got {version!r}")
         overrides = dict(steps=steps, n_queries=n_queries, n_target_classes=n_target_classes)
@@ -79,52 +92,70 @@ class AutoAttack(Attack):
         self.steps = settings["steps"]
         self.n_queries = settings["n_queries"]
         self.n_target_classes = settings["n_target_classes"]
-        self.last_robust: dict = {}
+        self.last_components: Dict[str, torch.Tensor] = {}
+        self.last_robust: Dict[str, int] = {}
+        self.last_seconds: Dict[str, float] = {}
 
-    def components(self, model, seed: int):
-        """``[(name, torchattacks attack)]`` in the order they run."""
-        import torchattacks
+    def components(self, model, seed: int, device=None) -> List[Tuple[str, object]]:
+        """``[(name, the authors' attack object)]`` in the order they run; each has ``perturb(x, y)``.
 
-        norm, eps, c = TA_NORMS[self.norm], self.eps, self.num_classes
-        targets = min(self.n_target_classes, c - 1)
-        out = [("apgd-ce", torchattacks.APGD(model, norm=norm, eps=eps, steps=self.steps, n_restarts=1, seed=seed,
-                                             loss="ce", eot_iter=1, rho=0.75))]
-        if c >= 4:
-            apgdt = torchattacks.APGDT(model, norm=norm, eps=eps, steps=self.steps, n_restarts=1, seed=seed,
-                                       eot_iter=1, rho=0.75, n_classes=c)
-            apgdt.n_target_classes = targets  # torchattacks would use C - 1 (99 on CIFAR-100)
+        Built fresh for every call from ``pyautoattack.AutoAttack(version="standard")``.
+        """
+        from pyautoattack import AutoAttack as Reference
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+        ref = Reference(model, eps=self.eps, norm=REFERENCE_NORMS[self.norm], seed=seed, version="standard",
+                        device=device)
+        apgd, apgdt, fab, square = ref.apgd, ref.apgd_targeted, ref.fab, ref.square
+        apgd.loss = "ce"
+        fab.targeted, fab.n_restarts = True, 1  # what the reference sets before running "fab-t"
+        if self.version == "custom":
+            # APGD derives its step-size checkpoints from n_iter in its constructor: rebuild it.
+            common = dict(norm=apgd.norm, eps=apgd.eps, seed=seed, eot_iter=apgd.eot_iter, rho=apgd.thr_decr,
+                          device=device, logger=apgd.logger, n_iter=self.steps)
+            apgd = APGDAttack(model, n_restarts=apgd.n_restarts, loss="ce", **common)
+            apgdt = APGDAttack_targeted(model, n_restarts=apgdt.n_restarts, **common)
+            fab.n_iter = self.steps
+            square.n_queries = self.n_queries
+        targets = min(self.n_target_classes, self.num_classes - 1)
+        apgdt.n_target_classes = fab.n_target_classes = targets
+        out = [("apgd-ce", apgd)]
+        if self.num_classes >= 4:
             out.append(("apgd-t", apgdt))
-        fab = torchattacks.FAB(model, norm=norm, eps=eps, steps=self.steps, n_restarts=1, alpha_max=0.1, eta=1.05,
-                               beta=0.9, seed=seed, multi_targeted=True, n_classes=c)
-        fab.n_target_classes = targets
-        out.append(("fab-t", fab))
-        out.append(("square", torchattacks.Square(model, norm=norm, eps=eps, n_queries=self.n_queries, n_restarts=1,
-                                                  p_init=0.8, loss="margin", resc_schedule=False, seed=seed)))
+        out += [("fab-t", fab), ("square", square)]
         return out
 
     def perturb(self, model, x, y):
         with torch.no_grad():
-            n_out = model(x[:1]).shape[1]
-        if n_out != self.num_classes:
+            logits = model(x)
+        if logits.shape[1] != self.num_classes:
             raise ConfigError(f"AutoAttack was built for num_classes={self.num_classes} but the model has "
-                              f"{n_out} outputs")
+                              f"{logits.shape[1]} outputs")
+        clean = logits.argmax(1) == y
         if self.norm == "l2":
             check_square_l2_size(x.shape)  # fail before an hour of APGD/FAB, not after
         seed = resolve_seed(self.seed)
         x_adv = x.clone()
-        robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        self.last_robust = {}
-        for name, atk in self.components(model, seed):
+        robust = clean.clone()
+        self.last_components, self.last_robust, self.last_seconds = {}, {}, {}
+        for name, component in self.components(model, seed, device=x.device):
+            t0 = time.perf_counter()
             idx = robust.nonzero().flatten()
             if idx.numel() > 0:
-                adv = project(run_torchattack(atk, x[idx], y[idx]), x[idx], self.eps, self.norm)
-                with torch.no_grad():
+                with torch.no_grad():  # as the reference; APGD and FAB enable gradients where they need them
+                    adv = run_reference(component.perturb, x[idx], y[idx])
+                    adv = project(adv, x[idx], self.eps, self.norm)
                     fooled = model(adv).argmax(1) != y[idx]
                 x_adv[idx[fooled]] = adv[fooled]
                 robust[idx[fooled]] = False
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            self.last_seconds[name] = time.perf_counter() - t0
+            self.last_components[name] = robust.clone()
             self.last_robust[name] = int(robust.sum())
             if self.verbose:
-                print(f"AutoAttack {name}: {self.last_robust[name]}/{x.shape[0]} still robust")
+                print(f"AutoAttack {name}: {self.last_robust[name]}/{x.shape[0]} still robust "
+                      f"({self.last_seconds[name]:.1f} s)")
         return x_adv
 
     def __repr__(self) -> str:

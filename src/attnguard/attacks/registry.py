@@ -304,7 +304,8 @@ ATTACKS.add("a3n-ATTACK", _a3, "A3 with attnguard's normalized deviation: sigma 
                                "min-max normalized Grad-CAM| (in [0, 1]), sigma 10, e.g. a3n-pgd-20; a3ns1-pgd-20 "
                                "sets sigma 1", parse=_a3_parser("a3n"), example="a3n-pgd-20",
             default_options={"sigma": 10.0, "normalized": True})
-ATTACKS.add("autoattack", _autoattack, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)")
+ATTACKS.add("autoattack", _autoattack, "AutoAttack standard, the authors' code: APGD-CE, APGD-T, FAB-T, Square "
+                                       "(Croce & Hein 2020)")
 ATTACKS.add("square", _square, "Square Attack, black-box random search, 5000 queries (Andriushchenko et al. 2020)",
             uses_gradients=False, default_options={"queries": 5000})
 ATTACKS.add("square-Q", _square, "Square Attack with Q queries, e.g. square-1000",

@@ -1,13 +1,13 @@
-"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), via torchattacks.
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), with the authors' PyTorch code.
 
-torchattacks' ``Square`` is the PyTorch implementation of the AutoAttack authors (same
-initialization, square-size schedule ``p``, margin loss and acceptance rule as
-``fra31/auto-attack/autoattack/square.py``). Two details differ from the paper's own numpy code
-(``max-andr/square-attack``): in each iteration the square's position and its per-channel signs
-are drawn once and shared by all examples still being attacked (the paper's code draws them per
-image), and a draw that would leave an image unchanged is not redrawn (the paper's code redraws
-it). Both affect query efficiency slightly, not what the attack can find. This module also holds
-the glue every torchattacks component in attnguard goes through.
+The attack is ``pyautoattack.square.SquareAttack`` (PyPI ``pyautoattack``, the code of
+``fra31/auto-attack``, the implementation AutoAttack runs): the paper's initialization,
+square-size schedule ``p``, margin loss and acceptance rule. Two details differ from the paper's
+own numpy code (``max-andr/square-attack``): in each iteration the square's position and its
+per-channel signs are drawn once and shared by all examples still being attacked (the paper's
+code draws them per image), and a draw that would leave an image unchanged is not redrawn (the
+paper's code redraws it). Both affect query efficiency slightly, not what the attack can find.
+This module also holds the glue every component of the authors' package goes through.
 """
 
 from __future__ import annotations
@@ -20,22 +20,26 @@ import torch
 from ..errors import ConfigError
 from .base import Attack
 
-TA_NORMS = {"linf": "Linf", "l2": "L2"}
+REFERENCE_NORMS = {"linf": "Linf", "l2": "L2"}  # our norm names -> the authors'
 
 
 def resolve_seed(seed: Optional[int]) -> int:
-    """The seed to hand a torchattacks component: ``seed``, or one drawn from torch's global RNG."""
+    """The seed to hand an attack of the authors' package: ``seed``, or one drawn from torch's global RNG.
+
+    (Their own fallback for ``None`` is ``time.time()``, which would not be reproducible from
+    torch's seed.)
+    """
     if seed is None:
         return int(torch.randint(0, 2**31 - 1, ()).item())
     return int(seed)
 
 
 def check_square_l2_size(shape, p_init: float = 0.8) -> None:
-    """Refuse image sizes on which torchattacks' (and the reference's) L2 Square fails.
+    """Refuse image sizes on which the authors' L2 Square fails.
 
     The L2 start tiles the image with ``n // (h // 5)`` squares of side ``h // 5`` per axis from
     offset ``(h - 5 * (h // 5)) // 2``; when the last square does not fit (e.g. 12x12 or 14x14
-    images) the library fails with a shape error. The first random square has side about
+    images) the code fails with a shape error. The first random square has side about
     ``sqrt(p_init * h * w)``, which must fit too (it does not in some non-square images).
     28x28, 32x32 and 224x224 are fine.
     """
@@ -48,22 +52,22 @@ def check_square_l2_size(shape, p_init: float = 0.8) -> None:
                           f"sizes such as 10, 28, 32 or 224)")
 
 
-def run_torchattack(atk, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Run a torchattacks attack on ``(x, y)`` without its side effects.
+def run_reference(perturb, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``perturb(x, y)`` of an attack from the authors' package, without its side effect on torch's RNG.
 
-    * Calls ``forward`` rather than ``__call__``: ``__call__`` switches the model to eval mode and
-      back to train mode afterwards, which would override the caller's choice of mode.
-    * Runs on ``x``'s device (torchattacks otherwise uses the device of the first parameter).
-    * torchattacks seeds torch's *global* RNG inside ``perturb``; a forked RNG state keeps the
-      caller's random stream as it was.
-    Parameter ``.grad`` that FAB's ``backward`` calls accumulate is restored by
-    :func:`~attnguard.attacks.base.preserved_state` around every attack call.
+    Their ``perturb`` seeds torch's *global* RNG (``torch.random.manual_seed`` and
+    ``torch.cuda.random.manual_seed``, the current CUDA device); a forked RNG state keeps the
+    caller's random stream as it was. Parameter ``.grad`` that FAB's ``backward`` calls accumulate
+    is restored by :func:`~attnguard.attacks.base.preserved_state` around every attack call; the
+    model's train/eval mode is never touched by their code.
     """
-    atk.set_device(x.device)
-    devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] \
-        if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        adv = atk.forward(x, y)
+    devices = set()
+    if x.device.type == "cuda":
+        devices.add(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices.add(torch.cuda.current_device())
+    with torch.random.fork_rng(devices=sorted(devices)):
+        adv = perturb(x, y)
     return adv.detach().to(device=x.device, dtype=x.dtype)
 
 
@@ -76,7 +80,7 @@ class Square(Attack):
     square window (side from the schedule of ``p``, which halves at iterations 10, 50, 200, 500,
     1000, 2000, 4000, 6000, 8000 of a 10000-query budget, rescaled to ``n_queries``) and keeps it if
     the margin loss decreases. One query per iteration and example, ``n_queries`` at most (plus one
-    for the start), one restart. Via ``torchattacks.Square(loss="margin", resc_schedule=True)``.
+    for the start), one restart. Via the authors' ``SquareAttack(loss="margin", resc_schedule=True)``.
 
     Args:
         eps: radius ([0, 1] pixel units).
@@ -101,16 +105,15 @@ class Square(Attack):
         self.p_init = float(p_init)
 
     def perturb(self, model, x, y):
-        import torchattacks
+        from pyautoattack.square import SquareAttack
 
         if self.norm == "l2":
             check_square_l2_size(x.shape, self.p_init)
-
-        atk = torchattacks.Square(model, norm=TA_NORMS[self.norm], eps=self.eps, n_queries=self.n_queries,
-                                  n_restarts=1, p_init=self.p_init, loss="margin", resc_schedule=True,
-                                  seed=resolve_seed(self.seed), verbose=False)
+        atk = SquareAttack(model, norm=REFERENCE_NORMS[self.norm], n_queries=self.n_queries, eps=self.eps,
+                           p_init=self.p_init, n_restarts=1, seed=resolve_seed(self.seed), verbose=False,
+                           loss="margin", resc_schedule=True, device=x.device)
         with torch.no_grad():  # a score-based attack: no graph needed anywhere
-            return run_torchattack(atk, x, y)
+            return run_reference(atk.perturb, x, y)
 
     def __repr__(self) -> str:
         return f"Square(eps={self.eps:g}, n_queries={self.n_queries}, p_init={self.p_init:g}, norm={self.norm})"
