@@ -17,7 +17,7 @@ EPS = 0.3
 # One concrete example per family: the parser must map it to that family.
 EXAMPLES = {
     "fgsm": "fgsm", "stepll": "stepll", "iter-stepll-K": "iter-stepll-10", "pgd-K": "pgd-20",
-    "pgd-KxR": "pgd-100x5", "cw-K": "cw-20", "a3-ATTACK": "a3-pgd-20", "autoattack": "autoattack",
+    "pgd-KxR": "pgd-100x5", "cw-K": "cw-20", "a3-ATTACK": "a3-pgd-20", "a3n-ATTACK": "a3n-pgd-20", "autoattack": "autoattack",
     "square": "square", "square-Q": "square-100", "rays": "rays", "rays-Q": "rays-50",
     "transfer:PATH": "transfer:runs/std",
 }
