@@ -4,7 +4,9 @@ The trainer's ``RunConfig`` embeds :class:`DefenseConfig` as its ``defense:`` se
 
     defense:
       preset: madry+aad
-      alp: {lambda: 0.5}
+      standard: {classification_loss: ce}
+      madry: {classification_loss: ce}          # ce | soft-margin (AAD eq. 10's L_c)
+      alp: {lambda: 0.5, classification_loss: ce}
       trades: {beta: 6.0}
       aad: {alpha: 0.01, beta: 0.01, kappa: mean}
       at: {beta: 1.0, power: 2.0, p: 2.0}
@@ -79,9 +81,12 @@ class DefenseConfig:
 
     Attributes:
         preset: a defense name (``attnguard list defenses``), e.g. ``madry``, ``alp+aad``, ``at+alp``.
-        fused_forward: run clean and adversarial examples through the model in one forward pass
-            (one ``torch.cat`` batch). With BatchNorm in train mode this computes batch statistics
-            over the mixed batch, as Kannan et al.'s 50/50 mixed batches do.
+        fused_forward: for a base whose own practice is the mixed clean+adversarial batch
+            (``fuses_clean``: alp, as Kannan et al.'s 50/50 mixed batches; trades), run both halves
+            through the model in one forward pass (one ``torch.cat`` batch; BatchNorm in train mode
+            then uses the mixed batch's statistics). It never applies to madry: a regularizer does
+            not change what its base computes, so madry's batch is adversarial only and a clean pass
+            that a regularizer needs runs apart with BN running statistics frozen.
         alp, trades, aad, at, afm, ...: one section per registered part, that part's ``Params``
             dataclass (e.g. ``cfg.aad.alpha``); :meth:`params` gets one by name.
 
