@@ -6,6 +6,8 @@ from typing import Union
 
 import torch
 
+from .gradcam import normalize_cam
+
 Kappa = Union[str, float]
 
 
@@ -13,15 +15,22 @@ def attention_area(cam: torch.Tensor, kappa: Kappa = "mean", top_k: int | None =
     """Binary attention area ``Att(x) = g(x) >= kappa`` of ``[B, h, w]`` maps (AAD eq. 3).
 
     Args:
-        cam: attention maps ``[B, h, w]``.
-        kappa: ``"mean"`` (the map's own mean, the paper's default), or a fixed threshold.
+        cam: attention maps ``[B, h, w]``, unnormalized.
+        kappa: ``"mean"`` (each map's own mean, the paper's default, footnote 3 (b)), or a fixed
+            threshold in [0, 1] (footnote 3 (a)) applied to the min-max normalized map.
         top_k: instead of a threshold, keep the ``top_k`` highest cells of each map (AAD sec. 3.2).
+
+    Why normalize for a fixed kappa: unnormalized Grad-CAM values depend on the model and the
+    layer (about 0.01 at the peak on the MNIST LeNet), so a fixed number compared with them
+    selects nothing or everything. On the [0, 1] map, kappa = 0.5 means "at least half the
+    map's peak above its minimum" for every model. The mean threshold is scale-free already
+    (``g >= mean(g)`` is unchanged by any positive scaling and shift) and stays on the raw map.
 
     The result is a boolean tensor with no gradient: the AAD rectification mask is a constant.
     """
     if cam.dim() != 3:
         raise ValueError(f"attention maps must be [B, h, w], got shape {tuple(cam.shape)}")
-    cam = cam.detach()
+    cam = cam.detach().float()  # a bf16 mean (autocast) would shift the threshold
     if top_k is not None:
         return top_k_mask(cam, top_k)
     if isinstance(kappa, str):
@@ -29,7 +38,7 @@ def attention_area(cam: torch.Tensor, kappa: Kappa = "mean", top_k: int | None =
             raise ValueError(f"kappa must be 'mean' or a number, got {kappa!r}")
         thr = cam.flatten(1).mean(1).view(-1, 1, 1)
     else:
-        return cam >= float(kappa)  # a Python scalar: no host-to-device copy per call
+        return normalize_cam(cam) >= float(kappa)  # a Python scalar: no host-to-device copy per call
     return cam >= thr
 
 
