@@ -1,8 +1,9 @@
 """Defense names: presets as the papers name them, and ``base+regularizer[+regularizer]`` spellings.
 
 Any order parses (``aad+alp`` = ``alp+aad``). Without a base, the base is the one the regularizers
-name as their ``default_base``: ``madry`` for most, ``alp`` for ``afm`` (AFM eq. 6 builds on ALP,
-eq. 2). ``at`` alone is AT+ALP's "Our AT" (PGD-AT + attention pairing); ``at+alp`` is their AT+ALP.
+name as their ``default_base``: ``madry`` for most, ``alp`` for ``afm`` and ``afm-cam`` (AFM eq. 6
+builds on ALP, eq. 2). ``at`` alone is AT+ALP's "Our AT" (PGD-AT + attention pairing); ``at+alp``
+is their AT+ALP.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ PRESETS: Dict[str, str] = {
     "alp": "adversarial logit pairing on PGD examples (Kannan et al. 2018)",
     "alp+aad": "ALP + AAD attention rectification and preservation (AAD Table 6 'ALP+AAD')",
     "at": "PGD-AT + attention-map pairing ('Our AT' of AT+ALP Table 1)",
-    "at+alp": "ALP + attention-map pairing (AT+ALP, Goodman, Li et al. 2022)",
+    "at+alp": "ALP + attention-map pairing (AT+ALP, Li, Goodman et al. 2022)",
     "afm": "ALP + CAM feature matching and norm decay (AFM eq. 6, Li, Feng et al. 2020)",
+    "afm-cam": "AFM on the CAM at Zhou et al.'s scale (h*w x Grad-CAM; AFM as written is inert on MNIST LeNet)",
     "trades": "TRADES: clean CE + beta KL to PGD-KL examples (Zhang et al. 2019)",
     "trades+aad": "TRADES + AAD attention rectification and preservation",
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..registry import Registry
 from .aad import AAD
 from .afm import AFM
+from .afm_cam import AFMCAM
 from .alp import ALP
 from .at import AT
 from .madry import Madry
@@ -28,3 +29,5 @@ REGULARIZERS = Registry("regularizer")
 REGULARIZERS.add("aad", AAD, "Grad-CAM attention rectification + preservation (AAD eq. 7-10)")
 REGULARIZERS.add("at", AT, "activation attention-map pairing over the group layers (AT+ALP eq. 4)")
 REGULARIZERS.add("afm", AFM, "true-class CAM feature matching + norm decay (AFM eq. 3-6)")
+REGULARIZERS.add("afm-cam", AFMCAM,
+                 "AFM eq. 3-6 on the CAM at Zhou et al.'s scale (h*w x Grad-CAM): acts where afm is inert")
