@@ -1,4 +1,4 @@
-"""Attention-map pairing (Goodman, Li et al. 2022, AT+ALP eq. 4; attention maps of Zagoruyko & Komodakis 2017).
+"""Attention-map pairing (Li, Goodman et al. 2022, AT+ALP eq. 4; attention maps of Zagoruyko & Komodakis 2017).
 
 ``L_AT = sum_j mean_b || Q_adv^j / ||Q_adv^j||_2 - Q_o^j / ||Q_o^j||_2 ||_p`` with
 ``Q^j = vec(sum_c |A_c^j|^power)`` over the model's group layers j, p = 2 in the paper.
