@@ -5,6 +5,12 @@ from torch import nn
 from attnguard import create_model
 from attnguard.attention import (attention_area, attention_vector, class_activation_feature,
                                  closed_form_classifier, grad_cam, mask_iou, normalize_cam, top_k_mask)
+from attnguard.attention.gradcam import cam_from_activation
+from attnguard.attention.hooks import forward_with_activations
+from attnguard.defenses.aad import AADParams, attention_mask, preservation_loss
+from attnguard.defenses.afm import AFM, feature_distance, norm_decay
+from attnguard.defenses.afm_cam import AFMCAM
+from attnguard.errors import ConfigError
 from attnguard.models import MODELS
 
 QUALIFYING = [n for n in MODELS.names() if MODELS.entry(n).meta["classifier"]]
@@ -103,9 +109,102 @@ def test_attention_vector_by_hand():
 def test_attention_area_mean_threshold_and_top_k():
     cam = torch.tensor([[[0.0, 1.0], [2.0, 5.0]]])  # mean 2
     assert attention_area(cam).tolist() == [[[False, False], [True, True]]]
-    assert attention_area(cam, kappa=1.0).tolist() == [[[False, True], [True, True]]]
     assert top_k_mask(cam, 1).tolist() == [[[False, False], [False, True]]]
     assert not attention_area(cam.requires_grad_()).requires_grad
+
+
+def test_numeric_kappa_thresholds_the_normalized_map():
+    """AAD eq. 3 with a fixed kappa: ``Att = normalize(g) >= kappa``, whatever the scale of g."""
+    cam = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])  # min-max normalized: (0, 0.2, 0.4, 1)
+    assert attention_area(cam, kappa=0.5).tolist() == [[[False, False], [False, True]]]
+    assert attention_area(cam, kappa=0.3).tolist() == [[[False, False], [True, True]]]
+    assert attention_area(cam, kappa=0.2).tolist() == [[[False, True], [True, True]]]
+    assert attention_area(cam, kappa=0.0).all()
+    # Grad-CAM values on the MNIST LeNet peak near 0.01: the raw comparison selected nothing
+    small = 0.01 * cam
+    assert attention_area(small, kappa=0.5).tolist() == [[[False, False], [False, True]]]
+    # each map is normalized on its own; the mean threshold is scale-free and unchanged
+    both = torch.cat([cam, 100.0 * cam + 7.0])
+    assert attention_area(both, kappa=0.3).tolist() == [[[False, False], [True, True]]] * 2
+    assert attention_area(0.01 * both).tolist() == attention_area(both).tolist() == [[[False, False], [True, True]]] * 2
+
+
+def test_aad_kappa_is_mean_or_a_fraction_of_the_map():
+    assert AADParams(kappa=0.5).kappa == 0.5 and AADParams(kappa=1).kappa == 1.0
+    for bad in (1.5, -0.1, "median", True):
+        with pytest.raises(ConfigError, match="defense.aad.kappa"):
+            AADParams(kappa=bad)
+    # the mask AAD eq. 7 blacks out, on LeNet-scale maps: kappa 0.5 keeps the peak, not nothing
+    cam = torch.tensor([[[0.001, 0.002], [0.003, 0.012]]])
+    assert attention_mask(cam, (2, 2), 0.5).flatten().tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------- float32 attention terms under autocast
+def _terms(g_clean, g_adv):
+    return {"aad_pres": preservation_loss(g_clean, g_adv), "afm": feature_distance(g_clean, g_adv),
+            "afm_norm": norm_decay(g_clean, g_adv)}
+
+
+def _terms_by_hand(g_clean, g_adv):
+    """The same terms in float64: L1 over cells, mean square over cells, L2 norms; batch means."""
+    d = (g_clean - g_adv).flatten(1)
+    return {"aad_pres": d.abs().sum(1).mean(), "afm": d.pow(2).mean(1).mean(),
+            "afm_norm": (g_clean.flatten(1).norm(dim=1) + g_adv.flatten(1).norm(dim=1)).mean()}
+
+
+def _assert_close_to_float64(cam, reference, b):
+    assert cam.dtype == torch.float32
+    got, want = _terms(cam[:b], cam[b:]), _terms_by_hand(reference[:b], reference[b:])
+    for name in want:
+        assert want[name] > 0, f"{name}: degenerate batch, the comparison would prove nothing"
+        rel = abs(got[name].item() - want[name].item()) / want[name].item()
+        assert rel <= 1e-3, f"{name} under bf16 autocast is off by {rel:.1e} relative"
+
+
+def test_attention_terms_are_float32_under_autocast_gradient_path():
+    """LeNet (no GAP head): Grad-CAM from the derivative; bf16 forward, float32 map and terms."""
+    torch.manual_seed(0)
+    m = create_model("lenet", width=0.5).train()
+    x = torch.rand(8, 1, 28, 28)
+    x_adv = (x + 0.3 * torch.randn_like(x).sign()).clamp(0, 1)
+    yy = (torch.arange(8) % 10).repeat(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, (act,) = forward_with_activations(m, torch.cat([x, x_adv]), [m.attention_layer])
+        assert act.dtype == torch.bfloat16  # the forward itself runs in bf16
+        cam = cam_from_activation(logits, act, yy, create_graph=True)
+        terms = _terms(cam[:8], cam[8:])
+    # float64 from the same activation and derivative
+    (grads,) = torch.autograd.grad(logits.gather(1, yy[:, None]).sum(), act, retain_graph=True)
+    reference = torch.relu((grads.double().mean((2, 3), keepdim=True) * act.double()).sum(1))
+    _assert_close_to_float64(cam, reference, 8)
+    assert all(t.dtype == torch.float32 for t in terms.values())
+
+
+def test_attention_terms_are_float32_under_autocast_closed_form():
+    """GAP + linear head: the closed-form CAM (an einsum, which autocast runs in bf16) is float32."""
+    torch.manual_seed(0)
+    act = torch.rand(8, 16, 7, 7).bfloat16()  # what a bf16 forward hands over
+    fc = nn.Linear(16, 10)
+    yy = torch.arange(8) % 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cam = cam_from_activation(None, act, yy, classifier=fc)
+    reference = torch.relu(torch.einsum("bc,bchw->bhw", fc.weight[yy].double(), act.double())) / 49
+    _assert_close_to_float64(cam, reference, 4)
+
+
+# ---------------------------------------------------------------- the afm-cam variant's map
+def test_afm_cam_matches_zhou_cam_of_a_gap_head():
+    """afm-cam's phi = h w * Grad-CAM: for a GAP + linear head, ReLU(sum_k W[c, k] A^k) (Zhou et al. 2016)."""
+    torch.manual_seed(0)
+    m = create_model("resnet9", width=0.125).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([1, 2, 3])
+    _, (act,) = forward_with_activations(m, x, [m.attention_layer])
+    fc = m.get_submodule(m.classifier)
+    zhou = torch.relu(torch.einsum("bc,bchw->bhw", fc.weight[y], act))
+    h, w = act.shape[-2:]
+    phi = AFMCAM().cam_scale(h, w) * grad_cam(m, None, x, y, closed_form=False)
+    torch.testing.assert_close(phi, zhou, rtol=1e-4, atol=1e-5)
+    assert AFM().cam_scale(h, w) == 1.0  # AFM as written: Grad-CAM itself
 
 
 def test_mask_iou_by_hand():
