@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import attnguard
+
 from attnguard import AttnGuardError, UnknownNameError, create_model
 from attnguard.models import MODELS, model_from_config
 
@@ -71,3 +73,24 @@ def test_pretrained_weights_unreachable_gives_clear_error(tmp_path, monkeypatch)
 def test_bad_model_options_are_user_errors():
     with pytest.raises(AttnGuardError, match="bad options"):
         create_model("lenet", depth=3)
+
+
+@pytest.mark.parametrize("name,kw", [("lenet", {}), ("resnet9", {"width": 0.25})])
+def test_dropout_option_keeps_rate_and_cam_exactness(name, kw):
+    """AAD sec. 5.1 trains with keep rate 0.5: dropout is active in train mode only, and a head with
+    dropout between GAP and the linear layer gives up the closed-form CAM (it would not describe training)."""
+    torch.manual_seed(0)
+    plain = attnguard.create_model(name, **kw)
+    torch.manual_seed(0)
+    dropped = attnguard.create_model(name, dropout=0.5, **kw)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    x = torch.rand(4, *plain.input_size)
+    dropped.eval(), plain.eval()
+    assert torch.equal(dropped(x), plain(x))  # identical weights, no dropout at test time
+    dropped.train()
+    a, b = dropped(x), dropped(x)
+    assert not torch.equal(a, b)  # fresh masks per call
+    if name == "resnet9":
+        assert plain.classifier == "net.fc" and dropped.classifier is None
+    with pytest.raises(attnguard.AttnGuardError):
+        attnguard.create_model(name, dropout=1.5, **kw)

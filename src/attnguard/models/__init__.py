@@ -77,7 +77,8 @@ def create_model(
             statistics for pretrained weights, otherwise none).
         pretrained: load torchvision ImageNet weights (ResNet-50/101/152 only).
         kwargs: architecture options (``width`` for lenet/small-cnn/resnet9/preact-resnet18,
-            ``widen_factor`` and ``dropout`` for the WRNs).
+            ``widen_factor`` and ``dropout`` for the WRNs, ``dropout`` for lenet,
+            small-cnn and resnet9).
     """
     entry = MODELS.entry(name)
     meta = entry.meta
@@ -114,7 +115,9 @@ def create_model(
                   mean=[float(m) for m in mean], std=[float(s) for s in std], kwargs=dict(kwargs))
     return NormalizedModel(net, mean=mean, std=std, arch=name, num_classes=num_classes, input_size=input_size,
                            attention_layer=meta["attention_layer"], group_layers=meta["group_layers"],
-                           classifier=meta["classifier"], config=config)
+                           # a head with dropout between GAP and the linear layer is not GAP+linear in training
+                           classifier=meta["classifier"] if getattr(net, "exact_cam_head", True) else None,
+                           config=config)
 
 
 def model_from_config(config: dict) -> NormalizedModel:

@@ -29,10 +29,13 @@ class ResNet9(nn.Module):
     """ResNet-9 (Page 2018, DAWNBench), used by the AAD paper on CIFAR-10.
 
     prep 64 -> layer1 128 (+res) -> layer2 256 -> layer3 512 (+res) -> GAP -> fc. Global average
-    pooling replaces the original max pooling so the closed-form CAM applies.
+    pooling replaces the original max pooling so the closed-form CAM applies. ``dropout`` > 0 drops
+    pooled features before the classifier in training (AAD sec. 5.1: "keep rate = 0.5"); the
+    closed-form CAM then no longer describes the train-mode forward, so ``exact_cam_head`` is False
+    and Grad-CAM takes the gradient path.
     """
 
-    def __init__(self, num_classes: int = 10, input_size=(3, 32, 32), width: float = 1.0):
+    def __init__(self, num_classes: int = 10, input_size=(3, 32, 32), width: float = 1.0, dropout: float = 0.0):
         super().__init__()
         w = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
         self.prep = _conv_bn(input_size[0], w[0])
@@ -41,10 +44,12 @@ class ResNet9(nn.Module):
         self.layer3 = nn.Sequential(_conv_bn(w[2], w[3], pool=True), _Residual(w[3]))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w[3], num_classes)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
+        self.exact_cam_head = self.drop is None
 
     def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return self.fc(self.pool(x).flatten(1))
+        x = self.pool(self.layer3(self.layer2(self.layer1(self.prep(x))))).flatten(1)
+        return self.fc(self.drop(x) if self.drop is not None else x)
 
 
 class _PreActBlock(nn.Module):
