@@ -8,6 +8,8 @@ GPU is present (the same code paths the real GPU runs take, at tiny sizes).
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,3 +93,26 @@ def test_cpu_clock_is_reported(tmp_path, monkeypatch):
     finally:
         C.CLOCK["name"] = "wall"
     assert "Clock: process CPU time" in text
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run(tmp_path):
+    """benchmarks/gpu_session.py --dry-run: every step of a GPU session on the CPU at tiny sizes (~1-2 min).
+
+    The fast pieces (and a rows-only dry run) are in tests/test_gpu_session.py, which CI runs.
+    """
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_session.py", "--dry-run", "--out", str(out)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    res = json.loads((out / "session.json").read_text())
+    bad = [s for s in res["steps"] if s["status"] != "ok" and s["name"] != "env: wheels"]  # no .whl in CI
+    assert r.returncode == 0 and not bad, bad
+    names = [s["name"] for s in res["steps"]]
+    assert names[1:7] == ["env: imports", "tests", "bench G3 (bench_attacks.py)", "bench G4 (bench_gradcam.py)",
+                          "bench G2 (bench_defenses.py)", "bench G1 (bench_training.py)"]
+    assert res["tests"]["tests"] >= 1  # the gpu-marked tests were collected (and skipped: no CUDA)
+    for target in ("G1", "G2", "G4"):  # the verdicts were read off the scripts' own tables
+        assert "CPU dry run" in res["targets"][target]
+    assert (out / "perf.md").read_text().count("\n### ") == 4  # each script appended its table
+    assert res["rows"][-1][0]["action"] == "none (found done)"
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
