@@ -216,3 +216,27 @@ def test_validation_leaves_the_global_rng_alone(tmp_path, monkeypatch):
     state = torch.get_rng_state()
     assert t.validate()["n"] == 50
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_cuda_rng_state_is_the_run_devices(monkeypatch):
+    """A run on cuda:1 saves and restores cuda:1's generator, not the current device's (cuda:0).
+    CUDA is faked: the test runs on CPU-only machines."""
+    from attnguard.utils import runtime
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    def get(device="cuda"):
+        calls.append(("get", torch.device(device)))
+        return torch.zeros(4, dtype=torch.uint8)
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": calls.append(("set", torch.device(device))))
+    state = runtime.rng_state(torch.device("cuda", 1))
+    runtime.set_rng_state(state, torch.device("cuda", 1))
+    assert calls == [("get", torch.device("cuda", 1)), ("set", torch.device("cuda", 1))]
+    calls.clear()
+    runtime.set_rng_state(runtime.rng_state(torch.device("cuda")), torch.device("cuda"))  # "cuda": the current one
+    assert calls == [("get", torch.device("cuda", 0)), ("set", torch.device("cuda", 0))]

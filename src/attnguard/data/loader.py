@@ -64,7 +64,11 @@ class BatchLoader:
         batch_size: examples per batch (per rank).
         shuffle: a new order every epoch (``set_epoch``).
         augment: ``"none"``, ``"crop-flip"`` (CIFAR) or ``"crop"`` (SVHN).
-        device: where the split lives and batches are made.
+        device: where the split lives and batches are made (and augmented).
+        target: where batches go (default ``device``). A split kept in host memory for a GPU run
+            (``train.gpu_resident=off``) has ``device="cpu"``, ``target="cuda"``: each batch is made on
+            the host and sent as uint8 (a quarter of float32's bytes) from pinned memory without
+            blocking, then converted to [0, 1] floats on the target.
         seed: seeds order and augmentation together with the epoch.
         drop_last: drop the last, smaller batch.
         rank, world_size: torchrun shard (strided slices of one shared permutation, cut to equal
@@ -72,7 +76,8 @@ class BatchLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, augment: str = "none",
-                 device="cpu", seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 device="cpu", seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 target=None):
         if augment not in AUGMENTS:
             raise DataError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if batch_size < 1:
@@ -80,6 +85,7 @@ class BatchLoader:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside world_size {world_size}")
         self.device = torch.device(device)
+        self.target = torch.device(target) if target is not None else self.device
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         self.n = len(split)
@@ -139,8 +145,18 @@ class BatchLoader:
             if draws:  # crop/flip move uint8 pixels (a quarter of the bytes of float32)
                 dx, dy, flip = (t[idx] for t in draws)
                 x = augment_batch(x, dx, dy, flip if self.augment == "crop-flip" else None, crop)
+            y = self.labels[idx]
+            if self.target != self.device:
+                x, y = self._send(x), self._send(y)
             self.position = b + 1
-            yield x.float().div_(255.0), self.labels[idx]
+            yield x.float().div_(255.0), y
+
+    def _send(self, t: torch.Tensor) -> torch.Tensor:
+        """A host batch to ``target``: pinned and asynchronous for CUDA (the caching host allocator
+        keeps the pinned block until the copy has finished, so nothing here must hold on to it)."""
+        if self.target.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self.target, non_blocking=True)
+        return t.to(self.target)
 
     def __iter__(self):
         """The current epoch from ``position`` (set by ``set_epoch`` / ``load_state_dict``); an

@@ -34,14 +34,21 @@ DEFAULT_BASE = "madry"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper (``model.module``), else the model.
+    """The plain model inside any nesting of wrappers, else the model itself.
 
-    Metadata (attention layer, group layers, classifier), hooks, the adversary and any extra
-    forward pass use the inner module; only the one main forward runs through the wrapper, so DDP
-    sees exactly one forward per backward.
+    Strips DistributedDataParallel / DataParallel (``model.module``) and ``torch.compile``
+    (``model._orig_mod``) in any order and depth: ``compile(DDP(m))``, ``DDP(compile(m))`` and
+    ``compile(m)`` all give ``m``. Metadata (attention layer, group layers, classifier), hooks, the
+    adversary and any extra forward pass use the inner module; only the one main forward runs
+    through the wrapper, so DDP sees exactly one forward per backward.
     """
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
+    while True:
+        # _modules, not getattr: a compiled module forwards unknown attributes to the module it wraps
+        children = getattr(model, "_modules", {})
+        inner = children.get("_orig_mod", children.get("module"))
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 @contextmanager

@@ -91,10 +91,11 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 50
     device: str = "auto"
-    amp: str = "auto"  # bf16 autocast on CUDA by default
-    channels_last: str = "auto"  # on for CUDA
-    compile: str = "off"  # torch.compile; opt-in
-    gpu_resident: str = "auto"  # keep the dataset on the GPU
+    # auto: from the device's capabilities (attnguard/utils/fastpath.py); train.json records what was used and why
+    amp: str = "auto"  # auto: bf16 on CUDA with native bf16 (else fp16), on CPUs with avx512_bf16/amx_bf16; else off
+    channels_last: str = "auto"  # auto: on for CUDA and the CPU (measured faster; docs/PERFORMANCE.md)
+    compile: str = "off"  # torch.compile; opt-in (auto: CUDA only); eager where a preset needs a double backward
+    gpu_resident: str = "auto"  # keep the dataset on the GPU (off: batches sent from pinned host memory)
     val_steps: int = 10  # PGD-k of the per-epoch robust validation (Rice et al. 2020)
     log_every: int = 20  # steps between metric lines (each one is a host sync)
     checkpoint_every: int = 0  # extra mid-epoch checkpoints every N steps (0: epoch ends only)

@@ -25,9 +25,12 @@ from ..defenses import build_objective
 from ..errors import AttnGuardError, CheckpointError
 from ..io import FORMAT, atomic_torch_save, atomic_write_text, read_json, safe_load
 from ..models import create_model
+from ..utils.fastpath import Choice, describe
+from ..utils.precision import full_precision
 from ..utils.runtime import (all_gather_object, init_distributed, on_main, rng_state, seed_everything,
                              set_rng_state, shutdown_distributed)
 from .config import RunConfig
+from .fast import compile_blocker, craft_through, fast_path
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
 from .rundir import check_run_dir, default_run_dir, open_run_dir
@@ -39,17 +42,6 @@ class TrainingDiverged(AttnGuardError):
     """The loss became NaN or inf; training stopped and the last good checkpoint is kept unchanged."""
 
     exit_code = EXIT_DIVERGED
-
-
-def _switch(value: str, device: torch.device) -> bool:
-    return value == "on" or (value == "auto" and device.type == "cuda")
-
-
-def _amp_dtype(cfg: RunConfig, device: torch.device):
-    mode = cfg.train.amp
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    return torch.float16 if mode == "fp16" else torch.bfloat16
 
 
 class Trainer:
@@ -73,7 +65,8 @@ class Trainer:
         self.test_split = ds.test
         inner = create_model(cfg.model.name, num_classes=ds.info.num_classes, input_size=ds.info.input_size,
                              mean=ds.info.mean, std=ds.info.std, **cfg.model.kwargs())
-        self.channels_last = _switch(cfg.train.channels_last, self.device)
+        self.fast = fast_path(cfg, self.device)
+        self.channels_last = bool(self.fast["channels_last"].value)
         inner = inner.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         # inner: the plain model (parameters, checkpoints, validation); model: what the training step
         # calls, possibly wrapped by DDP and/or torch.compile (the defenses' naming, attnguard.defenses.base)
@@ -84,16 +77,23 @@ class Trainer:
 
             # DDP broadcasts rank 0's initial weights; gradients are averaged over ranks in backward
             self.model = DDP(inner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if _switch(cfg.train.compile, self.device):
-            self.model = torch.compile(self.model)
         self.objective = build_objective(cfg.defense, cfg.adversary)
+        if self.fast["compile"].value:
+            blocker = compile_blocker(self.objective, inner)
+            if blocker:
+                self.fast["compile"] = Choice(False, f"fell back to eager: {blocker}")
+                self.echo(f"warning: train.compile: {blocker}; training runs eagerly")
+            else:
+                self.model = torch.compile(self.model)
+                craft_through(self.objective.base, torch.compile(inner) if self.dist.enabled else self.model)
         if cfg.train.batch_size % self.dist.world_size:
             raise AttnGuardError(f"train.batch_size {cfg.train.batch_size} must divide by the number of "
                                  f"processes ({self.dist.world_size}): it is the global batch")
-        data_device = self.device if _switch(cfg.train.gpu_resident, self.device) or self.device.type == "cpu" else "cpu"
+        # not resident: the split stays in host memory and each batch is sent to the device
+        data_device = self.device if self.fast["gpu_resident"].value else "cpu"
         self.loader = BatchLoader(self.train_split, cfg.train.batch_size // self.dist.world_size, shuffle=True,
                                   augment=ds.info.augment, device=data_device, seed=cfg.seed, drop_last=True,
-                                  rank=self.dist.rank, world_size=self.dist.world_size)
+                                  rank=self.dist.rank, world_size=self.dist.world_size, target=self.device)
         if len(self.loader) == 0:
             raise AttnGuardError(f"train.batch_size {cfg.train.batch_size} is larger than the training set "
                                  f"({len(self.train_split.labels)} examples)")
@@ -103,8 +103,11 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.opt = build_optimizer(self.inner.parameters(), cfg.optim)
         self.sched = build_scheduler(self.opt, cfg.optim, self.total_steps)
-        self.amp_dtype = _amp_dtype(cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.amp_dtype = self.fast["amp"].value
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self._stepped = True  # whether the last scaler.step ran the optimizer (see train_step)
+        if self.scaler:
+            self.opt.register_step_post_hook(self._optimizer_stepped)
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, -1.0
         self.running = Running(self.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -128,7 +131,7 @@ class Trainer:
 
     def _save(self, *names: str) -> None:
         """Write checkpoints ``names`` (rank 0; atomic). Collective: every rank's RNG state goes in."""
-        rngs = all_gather_object(rng_state(), self.dist)
+        rngs = all_gather_object(rng_state(self.device), self.dist)
 
         def write():
             state = self._state(rngs)
@@ -155,7 +158,7 @@ class Trainer:
             raise CheckpointError(f"{path} does not fit this run's config (model, optimizer or format "
                                   f"differ): {first}") from None
         if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
+            set_rng_state(rngs[self.dist.rank], self.device)
         else:  # another number of processes: fresh, distinct streams (the run is no longer bitwise-reproducible)
             seed_everything((self.cfg.seed + 7919 * (self.step + 1) + self.dist.rank) % 2**63)
             self.echo(f"note: {path} was written by {len(rngs)} process(es), this run has "
@@ -163,6 +166,9 @@ class Trainer:
         return s
 
     # -- one step ----------------------------------------------------------------------------
+    def _optimizer_stepped(self, *_args) -> None:
+        self._stepped = True
+
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -185,11 +191,17 @@ class Trainer:
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.inner.parameters(), self.cfg.optim.grad_clip)
         if self.scaler:
+            # The scaler skips the optimizer step when the gradients overflowed; the schedule must not
+            # advance then. The optimizer's step hook says whether it ran, with no host sync of its own
+            # (GradScaler.step already reads found_inf for a non-fused optimizer, build_optimizer's kind).
+            self._stepped = False
             self.scaler.step(self.opt)
             self.scaler.update()
+            if self._stepped:
+                self.sched.step()
         else:
             self.opt.step()
-        self.sched.step()
+            self.sched.step()
         finite = torch.isfinite(loss.detach())
         self.bad_step = torch.where((self.bad_step < 0) & ~finite, torch.full_like(self.bad_step, self.step + 1),
                                     self.bad_step)
@@ -225,16 +237,17 @@ class Trainer:
         """Clean and PGD-k accuracy on the held-out slice, in eval mode (rank 0's view).
 
         The global RNG is restored afterwards, so the training trajectory does not depend on
-        whether or how validation runs (the PGD here has its own seeded generator anyway).
+        whether or how validation runs (the PGD here has its own seeded generator anyway). It runs
+        in fp32 (no autocast, no TF32; utils/precision.py): it judges robustness and picks best.pt.
         """
         n = len(self.val_split.labels)
         if n == 0:
             return {}
-        saved = rng_state()
+        saved = rng_state(self.device)
         try:
             return self._validate(n)
         finally:
-            set_rng_state(saved)
+            set_rng_state(saved, self.device)
 
     def _validate(self, n: int) -> dict:
         adv = self.cfg.adversary
@@ -245,13 +258,13 @@ class Trainer:
         loader = BatchLoader(self.val_split, 500, shuffle=False, device=self.device)
         correct = torch.zeros((), device=self.device)
         robust = torch.zeros((), device=self.device)
-        for x, y in loader:
-            with torch.no_grad(), self._autocast():
-                correct += (self.inner(x).argmax(1) == y).sum()
-            with self._autocast():
+        with full_precision(self.device.type):
+            for x, y in loader:
+                with torch.no_grad():
+                    correct += (self.inner(x).argmax(1) == y).sum()
                 x_adv = attack(self.inner, x, y)
-            with torch.no_grad(), self._autocast():
-                robust += (self.inner(x_adv).argmax(1) == y).sum()
+                with torch.no_grad():
+                    robust += (self.inner(x_adv).argmax(1) == y).sum()
         self.inner.train()
         return {"acc_clean": float(correct) / n, "acc_adv": float(robust) / n, "n": n, "attack": f"pgd-{k}"}
 
@@ -314,7 +327,9 @@ class Trainer:
                 # a resumed run adds its own wall clock to the interrupted one's
                 "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
                 "resumed": bool(self.resume or prior.get("resumed")),
-                "system": describe_machine(self.device)}
+                "system": describe_machine(self.device),
+                # what this process used and why (a resumed run may differ from the interrupted one)
+                "fast_path": describe(self.fast)}
         atomic_write_text(path, json.dumps(info, indent=1) + "\n")
 
 

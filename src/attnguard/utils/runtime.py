@@ -38,20 +38,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """All RNG states as tensors/ints, so checkpoints load with ``weights_only=True``."""
+def _cuda_device(device) -> torch.device:
+    """The CUDA device whose generator a run uses: ``device`` when it is a CUDA device (``cuda:1``
+    is not the current device unless someone made it so), else the current one."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and dev.index is not None:
+        return dev
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def rng_state(device=None) -> dict:
+    """All RNG states as tensors/ints, so checkpoints load with ``weights_only=True``.
+
+    ``device``: the run's device; on CUDA its generator is the one saved (not the current device's).
+    """
     state = {
         "torch": torch.get_rng_state(),
         "python": _py_state_to_list(random.getstate()),
         "numpy": _np_state_to_dict(np.random.get_state()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        # this process's device only: reading every device's state would open a context on each GPU
-        state["cuda"] = torch.cuda.get_rng_state()
+        # this run's device only: reading every device's state would open a context on each GPU
+        state["cuda"] = torch.cuda.get_rng_state(_cuda_device(device))
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device=None) -> None:
+    """Restore :func:`rng_state`'s states; the CUDA one goes to ``device``'s generator (see there)."""
     torch.set_rng_state(state["torch"])
     random.setstate(_py_state_from_list(state["python"]))
     np.random.set_state(_np_state_from_dict(state["numpy"]))
@@ -59,7 +72,7 @@ def set_rng_state(state: dict) -> None:
         if isinstance(state["cuda"], (list, tuple)):  # older checkpoints: one state per device
             torch.cuda.set_rng_state_all(state["cuda"])
         else:
-            torch.cuda.set_rng_state(state["cuda"])
+            torch.cuda.set_rng_state(state["cuda"], _cuda_device(device))
 
 
 def _py_state_to_list(s):
