@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..utils.modes import eval_mode
+from ..utils.precision import full_precision
 from .blocks import PerExample, _frac, attack_correct, check_eps, check_inputs, model_device, resolve_attacks
 from .sanity import run_sanity
 
@@ -53,7 +54,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     n, num_classes = check_inputs(model, images, labels)
     resolved = resolve_attacks(attacks, eps, norm=norm, seed=seed, num_classes=num_classes, device=device)
     forked = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=forked), eval_mode(model):
+    # the attacks judge robustness, so they run in fp32 even inside a caller's autocast or with TF32 on
+    with torch.random.fork_rng(devices=forked), eval_mode(model), full_precision(torch.device(device).type):
         torch.manual_seed(seed)
         per = attack_correct(model, resolved, images, labels, eps, norm=norm, batch_size=batch_size,
                              device=device, progress=progress)
