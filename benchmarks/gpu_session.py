@@ -16,7 +16,7 @@ ok / failed / timeout / skipped-with-reason; a failing step never stops the next
    gpu_state.tar.NN (the state folder, for ``--absorb``).
 
     python benchmarks/gpu_session.py --prepare --data-from ../shared/data/cifar10-jpeg   # here, once
-    python3 benchmarks/gpu_session.py --out $OUT --data .gpu_data/cifar10-jpeg            # there
+    python3 benchmarks/gpu_session.py --out $OUT --data .gpu_data/cifar10-jpeg --commit C # there
     python benchmarks/gpu_session.py --absorb DIR                                        # here, after
     python benchmarks/gpu_session.py --dry-run                                           # CPU, tiny sizes
 
