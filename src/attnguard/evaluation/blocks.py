@@ -37,6 +37,10 @@ class PerExample:
     seconds: Dict[str, float] = field(default_factory=dict)
     black_box: Dict[str, bool] = field(default_factory=dict)
     named: Dict[str, bool] = field(default_factory=dict)  # built from a registry name (so reusable by name)
+    # Attacks made of components run in sequence (AutoAttack): components[name][component][i] is True
+    # when example i is correct clean and still after that component (cumulative, so non-increasing).
+    components: Dict[str, Dict[str, torch.Tensor]] = field(default_factory=dict)
+    component_seconds: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
     def robust(self) -> torch.Tensor:
@@ -173,6 +177,8 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
     n = images.shape[0]
     clean, per = [], {label: [] for label, _ in attacks}
     seconds = {label: 0.0 for label, _ in attacks}
+    parts: Dict[str, Dict[str, list]] = {}
+    part_seconds: Dict[str, Dict[str, float]] = {}
     starts = range(0, n, batch_size)
     bar = None
     if progress:
@@ -196,6 +202,7 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
                 seconds[label] += time.perf_counter() - t0
                 _check_adv(label, x_adv, x, eps, norm)
                 per[label].append((ok & adv_ok).cpu())
+                _collect_components(label, attack, ok, parts, part_seconds)
                 if bar is not None:
                     bar.update(1)
             if bar is not None and not attacks:
@@ -205,7 +212,26 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
             bar.close()
     return PerExample(clean=torch.cat(clean), attacks={k: torch.cat(v) for k, v in per.items()}, seconds=seconds,
                       black_box={label: is_black_box(a) for label, a in attacks},
-                      named={label: getattr(a, "registry_name", None) == label for label, a in attacks})
+                      named={label: getattr(a, "registry_name", None) == label for label, a in attacks},
+                      components={k: {c: torch.cat(m) for c, m in v.items()} for k, v in parts.items()},
+                      component_seconds=part_seconds)
+
+
+def _collect_components(label: str, attack, ok: torch.Tensor, parts: dict, part_seconds: dict) -> None:
+    """Append the batch's per-component outcomes of an attack that reports them (``last_components``:
+    component -> bool ``[B]``, as :class:`~attnguard.attacks.autoattack.AutoAttack`); others are ignored."""
+    comps = getattr(attack, "last_components", None)
+    if not isinstance(comps, dict) or not comps:
+        return
+    have = parts.setdefault(label, {})
+    if have and list(have) != list(comps):
+        raise AttnGuardError(f"attack '{label}' ran components {list(comps)} on one batch and {list(have)} on "
+                             f"another; its breakdown would not add up")
+    for name, mask in comps.items():
+        have.setdefault(name, []).append((ok & mask.to(ok.device)).cpu())
+    secs = part_seconds.setdefault(label, {})
+    for name, s in (getattr(attack, "last_seconds", None) or {}).items():
+        secs[name] = secs.get(name, 0.0) + float(s)
 
 
 def _frac(t: torch.Tensor) -> float:

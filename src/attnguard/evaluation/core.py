@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..utils.modes import eval_mode
 from ..utils.precision import full_precision
 from .blocks import PerExample, _frac, attack_correct, check_eps, check_inputs, model_device, resolve_attacks
-from .sanity import run_sanity
+from .sanity import check_components_square, run_sanity
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attacks, eps: float,
@@ -39,7 +39,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     Returns:
         ``{"dataset", "model", "eps", "norm", "n_examples", "clean", "attacks": {name: acc},
         "worst_case", "seconds": {name: s}, "sanity": [{"check", "status", "detail"}]}``, with
-        accuracies as fractions in [0, 1]. The model's train/eval flags are restored on return.
+        accuracies as fractions in [0, 1], plus ``"autoattack_components"`` (see
+        :func:`component_breakdown`) when an attack reports its components. The sanity list holds
+        the AutoAttack Square check (:func:`~attnguard.evaluation.sanity.check_components_square`)
+        even without ``sanity``. The model's train/eval flags are restored on return.
     """
     eps = check_eps(eps, norm)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -64,6 +67,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
             checks = run_sanity(model, images, labels, eps, per, norm=norm, seed=seed, device=device,
                                 batch_size=batch_size, num_classes=num_classes, n_sub=sanity_examples,
                                 progress=progress)
+    # AutoAttack's own flag (Square gaining on the gradient attacks) costs nothing: always reported.
+    checks += check_components_square(per)
     result = {
         "dataset": dataset,
         "model": model_name or getattr(model, "arch", None) or type(model).__name__,
@@ -76,4 +81,17 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
         "seconds": {k: round(v, 4) for k, v in per.seconds.items()},
         "sanity": checks,
     }
+    if per.components:
+        result["autoattack_components"] = component_breakdown(per)
     return (result, per) if return_per_example else result
+
+
+def component_breakdown(per: PerExample) -> dict:
+    """``{attack: {"n_examples", "robust": {component: accuracy}, "seconds": {component: s}}}`` for the
+    attacks that report components (AutoAttack): the robust accuracy after each component, cumulative
+    over the components run so far (the authors' ``robust accuracy after APGD-CE / APGD-T / ...``), so
+    the last one is the attack's own column."""
+    n = int(per.clean.numel())
+    return {label: {"n_examples": n, "robust": {c: _frac(m) for c, m in comps.items()},
+                    "seconds": {c: round(v, 4) for c, v in per.component_seconds.get(label, {}).items()}}
+            for label, comps in per.components.items()}

@@ -1,4 +1,10 @@
-"""Writing an evaluation: ``eval.json`` (the schema), ``eval.md`` (a table), and a rich table for the terminal."""
+"""Writing an evaluation: ``eval.json`` (the schema), ``eval.md`` (a table), and a rich table for the terminal.
+
+Optional keys: ``autoattack_components`` (``{attack: {"n_examples", "robust": {component: accuracy},
+"seconds": {component: s}}}``, the robust accuracy after each of AutoAttack's components, cumulative)
+and those ``attnguard eval`` adds (``per_example``, ``system``). Files written before a key existed
+still load and report.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from ..errors import AttnGuardError
 from ..io import atomic_write_text
 
 KEYS = ("dataset", "model", "eps", "n_examples", "clean", "attacks", "worst_case", "seconds", "sanity")
+COMPONENTS_KEY = "autoattack_components"
 STATUSES = ("pass", "warn", "skip")
 
 
@@ -30,7 +37,45 @@ def validate_result(result: dict) -> dict:
     for line in result["sanity"]:
         if set(line) != {"check", "status", "detail"} or line["status"] not in STATUSES:
             raise AttnGuardError(f"malformed sanity line {line!r}")
+    _validate_components(result)
     return result
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_components(result: dict) -> None:
+    comps = result.get(COMPONENTS_KEY)
+    if comps is None:
+        return
+    if not isinstance(comps, dict):
+        raise AttnGuardError(f"'{COMPONENTS_KEY}' must map attack names to breakdowns, got {type(comps).__name__}")
+    for label, entry in comps.items():
+        if label not in result["attacks"]:
+            raise AttnGuardError(f"'{COMPONENTS_KEY}' names attack '{label}', which is not in 'attacks'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("robust"), dict) or not entry["robust"]:
+            raise AttnGuardError(f"'{COMPONENTS_KEY}' of '{label}' needs 'robust': {{component: accuracy}}")
+        n = entry.get("n_examples")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise AttnGuardError(f"'{COMPONENTS_KEY}' of '{label}' needs 'n_examples' >= 1, got {n!r}")
+        for c, v in entry["robust"].items():
+            if not _number(v) or not 0 <= v <= 1:
+                raise AttnGuardError(f"accuracy of '{label}' after '{c}' must be a fraction in [0, 1], got {v!r}")
+        secs = entry.get("seconds", {})
+        if not isinstance(secs, dict) or any(not _number(v) or v < 0 for v in secs.values()):
+            raise AttnGuardError(f"'{COMPONENTS_KEY}' of '{label}': 'seconds' must map components to seconds >= 0")
+
+
+def component_rows(result: dict, name: str):
+    """``[(label, accuracy, seconds or None)]``: the rows under attack ``name``, one per component."""
+    entry = (result.get(COMPONENTS_KEY) or {}).get(name)
+    if not entry:
+        return []
+    n = entry["n_examples"]
+    on = f" (on {n} examples)" if n != result["n_examples"] else ""
+    secs = entry.get("seconds") or {}
+    return [(f"after {c}{on}", acc, secs.get(c)) for c, acc in entry["robust"].items()]
 
 
 def _pct(x: float) -> str:
@@ -49,6 +94,8 @@ def to_markdown(result: dict) -> str:
     rows = ["| attack | accuracy (%) | seconds |", "|---|---:|---:|", f"| clean | {_pct(result['clean'])} | |"]
     for name, acc in result["attacks"].items():
         rows.append(f"| {name} | {_pct(acc)} | {secs.get(name, 0.0):.1f} |")
+        for label, part, s in component_rows(result, name):
+            rows.append(f"| {name}, {label} | {_pct(part)} | {'' if s is None else f'{s:.1f}'} |")
     total = sum(secs.values())
     rows.append(f"| **worst case** (robust to every attack) | **{_pct(result['worst_case'])}** | {total:.1f} |")
     out = ["# Robustness evaluation", "", _header(result), "", *rows, ""]
@@ -93,6 +140,9 @@ def format_table(result: dict):
     table.add_row("clean", _pct(result["clean"]), "")
     for name, acc in result["attacks"].items():
         table.add_row(escape(name), _pct(acc), f"{result['seconds'].get(name, 0.0):.1f}")
+        for label, part, s in component_rows(result, name):
+            table.add_row(f"[dim]  {escape(label)}[/dim]", f"[dim]{_pct(part)}[/dim]",
+                          "" if s is None else f"[dim]{s:.1f}[/dim]")
     table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case'])}[/bold]",
                   f"{sum(result['seconds'].values()):.1f}", end_section=True)
     if result["sanity"]:

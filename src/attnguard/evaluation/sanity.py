@@ -16,7 +16,10 @@ results of attacks already in the evaluation are reused on those examples.
 * at an unbounded eps accuracy must reach chance or below (sec. 5.5, "unbounded attacks should
   reach 100% success");
 * black-box attacks must not beat white-box ones (sec. 4.7 / 5.4), counted per example;
-* the CE gradient w.r.t. the input must not vanish (sec. 5.3, gradient masking / shattered gradients).
+* the CE gradient w.r.t. the input must not vanish (sec. 5.3, gradient masking / shattered gradients);
+* within AutoAttack, Square (black-box) must find little that APGD-CE, APGD-T and FAB-T missed
+  (the authors' own flag, ``check_square_sr`` in ``fra31/auto-attack``; it needs no extra attack,
+  so :func:`~attnguard.evaluation.core.evaluate` reports it even without ``sanity``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from .blocks import PerExample, attack_correct
+from .blocks import PerExample, _frac, attack_correct
 
 ZERO_GRAD_THRESHOLD = 0.01  # warn when more than 1% of examples have an all-zero input gradient
 BLACK_BOX_THRESHOLD = 0.02  # warn when black-box attacks alone fool more than 2% of the examples
@@ -152,6 +155,30 @@ def check_black_box(per: PerExample) -> dict:
     return _line(name, share <= BLACK_BOX_THRESHOLD,
                  f"{count} of {n} examples ({_pct(share)}) fooled by {', '.join(black)} but by none of "
                  f"{', '.join(white)} (threshold {_pct(BLACK_BOX_THRESHOLD)}, all examples)")
+
+
+SQUARE_CHECK = "AutoAttack's Square finds little the gradient attacks missed"
+
+
+def check_components_square(per: PerExample) -> List[dict]:
+    """One line per attack with components (AutoAttack) whose last component is ``square``: warn when
+    Square fools more than :data:`BLACK_BOX_THRESHOLD` of the examples that every white-box component
+    before it left robust. The authors flag the same pattern (at 0.2 points) as a sign that the
+    evaluation may be unreliable (gradient masking)."""
+    out = []
+    for label, comps in per.components.items():
+        names = list(comps)
+        if len(names) < 2 or names[-1] != "square":
+            continue
+        before, after = comps[names[-2]], comps["square"]
+        count, n = int((before & ~after).sum()), before.numel()
+        share = count / n
+        out.append(_line(SQUARE_CHECK, share <= BLACK_BOX_THRESHOLD,
+                         f"{label}: Square fooled {count} of {n} examples ({_pct(share)}) that "
+                         f"{', '.join(names[:-1])} left robust (robust after {names[-2]} {_pct(_frac(before))}, "
+                         f"after square {_pct(_frac(after))}; threshold {_pct(BLACK_BOX_THRESHOLD)}, all examples; "
+                         f"more suggests gradient masking)"))
+    return out
 
 
 def zero_gradient_mask(model, x, y, *, batch_size: int, device) -> torch.Tensor:

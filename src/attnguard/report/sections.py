@@ -13,15 +13,28 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _components(ev: Optional[dict], attack: str) -> dict:
+    """AutoAttack's robust accuracy after each component (eval.json ``autoattack_components``), or {}."""
+    entry = ((ev or {}).get("autoattack_components") or {}).get(attack)
+    robust = entry.get("robust") if isinstance(entry, dict) else None
+    return robust if isinstance(robust, dict) else {}
+
+
 def eval_rows(evals: Sequence[Optional[dict]]) -> List[tuple]:
-    """``[(row label, [value per run], is_total)]``: clean, every attack (first-seen order), worst case."""
+    """``[(row label, [value per run], is_total)]``: clean, every attack (first-seen order) followed by
+    its components where the evaluation recorded them (``autoattack, after apgd-ce``...), worst case."""
     attacks: List[str] = []
     for ev in evals:
         for name in (ev or {}).get("attacks", {}) or {}:
             if name not in attacks:
                 attacks.append(name)
     rows = [("clean", [(ev or {}).get("clean") for ev in evals], False)]
-    rows += [(a, [((ev or {}).get("attacks") or {}).get(a) for ev in evals], False) for a in attacks]
+    for a in attacks:
+        rows.append((a, [((ev or {}).get("attacks") or {}).get(a) for ev in evals], False))
+        parts: List[str] = []
+        for ev in evals:
+            parts += [c for c in _components(ev, a) if c not in parts]
+        rows += [(f"{a}, after {c}", [_components(ev, a).get(c) for ev in evals], False) for c in parts]
     rows.append(("worst case", [(ev or {}).get("worst_case") for ev in evals], True))
     return rows
 
