@@ -36,7 +36,7 @@ import _common as C  # noqa: E402
 
 from attnguard import create_model  # noqa: E402
 from attnguard.attacks import AutoAttack  # noqa: E402
-from attnguard.attacks.square import run_torchattack  # noqa: E402
+from attnguard.attacks.square import run_reference  # noqa: E402
 from attnguard.defenses import AdversaryConfig, DefenseConfig, build_objective  # noqa: E402
 
 MACS_PER_IMAGE = 0.56e9  # preact-resnet18, 32x32, one forward (the figure)
@@ -149,9 +149,9 @@ def measure_autoattack(args, device):
         wrapped = Unfoolable(model).eval()
         xw, yw = x[:m], torch.zeros(min(m, args.aa_points), dtype=torch.long, device=device)
         per_point = {}
-        for name, atk in aa.components(wrapped, 0):
+        for name, atk in aa.components(wrapped, 0, device=device):
             print(f"  worst case: {name} on {len(yw)} points ...", file=sys.stderr, flush=True)
-            adv, secs_c = timed(lambda: run_torchattack(atk, xw, yw), device)
+            adv, secs_c = timed(lambda: run_reference(atk.perturb, xw, yw), device)
             with torch.no_grad():
                 fooled = int((wrapped(adv).argmax(1) != yw).sum())
             per_point[name] = (secs_c / len(yw), fooled)
