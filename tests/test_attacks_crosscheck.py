@@ -25,7 +25,6 @@ from attnguard.attention import attention_area, grad_cam, normalize_cam
 from attnguard.models import create_model
 
 
-
 @pytest.fixture(scope="module")
 def torchattacks():
     return pytest.importorskip("torchattacks")

@@ -421,3 +421,50 @@ def test_load_test_examples_from_the_data_module():
     assert x.shape == (12, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert y.dtype == torch.int64 and torch.equal(y, test.labels[:12])
     assert torch.equal((x * 255).round().to(torch.uint8), test.images[:12])  # the FIRST N, divided by 255
+
+
+# ---------------------------------------------------------------- attacks made of components (AutoAttack's breakdown)
+
+class Staged(Flip):
+    """A fake two-component attack: "first" fools ids 0 and 1, then "square" also fools 2 and 3. Like
+    AutoAttack it reports, per call, whether each example of the batch survived each component (here
+    without looking at clean correctness: the evaluation must mask that in)."""
+
+    def __init__(self):
+        super().__init__("staged", {0, 1, 2, 3})
+        self.last_components, self.last_seconds = {}, {}
+
+    def __call__(self, model, x, y):
+        ids = (x[:, 0, 1, 1] * 10).round().long()
+        self.last_components = {"first": ~((ids == 0) | (ids == 1)), "square": ids > 3}
+        self.last_seconds = {"first": 1.0, "square": 2.0}
+        return super().__call__(model, x, y)
+
+
+def test_components_are_stitched_across_batches_and_masked_by_clean():
+    x, y = hand_fixture()
+    r, per = evaluate(Threshold(), x, y, [Staged()], 0.1, progress=False, batch_size=3, return_per_example=True)
+    # 8 examples in batches of 3, 3, 2; example 7 is wrong clean. After "first": 2..6 robust (5 of 8);
+    # after "square": 4, 5, 6 (3 of 8), which is the attack's own column.
+    assert per.components["staged"]["first"].tolist() == [False, False, True, True, True, True, True, False]
+    entry = r["autoattack_components"]["staged"]
+    assert entry == {"n_examples": 8, "robust": {"first": 5 / 8, "square": 3 / 8},
+                     "seconds": {"first": 3.0, "square": 6.0}}  # summed over the three batches
+    assert r["attacks"]["staged"] == 3 / 8
+    # Square fooled 2 of the 8 examples (25%) that "first" left robust: reported even without sanity=True
+    (line,) = r["sanity"]
+    assert line["status"] == "warn" and "2 of 8 examples (25.0%)" in line["detail"]
+    validate_result(r)
+    assert "autoattack_components" not in run_hand()  # attacks without components add no key
+
+
+def test_components_square_check_by_hand():
+    clean = torch.ones(100, dtype=torch.bool)
+    first = torch.arange(100) >= 40  # 60 robust after the white-box component
+    for fooled_by_square, status in ((2, "pass"), (3, "warn")):
+        square = first & (torch.arange(100) >= 40 + fooled_by_square)
+        per = PerExample(clean=clean, components={"autoattack": {"apgd-ce": first, "square": square}})
+        (line,) = sanity_mod.check_components_square(per)
+        assert line["status"] == status and f"{fooled_by_square} of 100 examples" in line["detail"]
+    per = PerExample(clean=clean, components={"autoattack": {"apgd-ce": first, "fab-t": first & False}})
+    assert sanity_mod.check_components_square(per) == []  # nothing to say without a final Square
