@@ -156,11 +156,11 @@ def test_aad_on_tiny_model_by_hand(closed_form):
 def test_afm_on_tiny_model_by_hand(closed_form):
     obj, model, ctx = tiny_context("afm", closed_form=closed_form, afm={"lambda1": 10.0, "lambda2": 0.01})
     out = obj.regularizers[0](ctx)
-    # D = ||phi(x) - phi(x_adv)||^2 / (C H W) = 0.125^2 / (2 * 2 * 2) = 0.015625 / 8
-    assert ctx.parts["afm"].item() == pytest.approx(0.015625 / 8, abs=1e-9)
+    # D = ||phi(x) - phi(x_adv)||^2 / (C_j H W) with C_j = 1 (phi_CAM is one h x w map) = 0.125^2 / (2 * 2)
+    assert ctx.parts["afm"].item() == pytest.approx(0.015625 / 4, abs=1e-9)
     # L_norm = ||phi(x)|| + ||phi(x_adv)|| = 0.125 + 0
     assert ctx.parts["afm_norm"].item() == pytest.approx(0.125, abs=1e-7)
-    assert out["afm"].item() == pytest.approx(10.0 * 0.015625 / 8, abs=1e-8)
+    assert out["afm"].item() == pytest.approx(10.0 * 0.015625 / 4, abs=1e-8)
     assert out["afm_norm"].item() == pytest.approx(0.01 * 0.125, abs=1e-8)
 
 

@@ -13,7 +13,6 @@ computed in float32 (also under autocast).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Union
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..attention import attention_area
 from ..errors import ConfigError
-from .base import Regularizer
+from .base import Regularizer, frozen_bn_statistics
 from .params import check_weight
 
 
@@ -55,25 +54,6 @@ def preservation_loss(g_clean: torch.Tensor, g_adv: torch.Tensor) -> torch.Tenso
     float32 also under autocast: the difference of two bf16 maps of similar values loses 1-2%.
     """
     return (g_clean.float() - g_adv.float()).abs().flatten(1).sum(1).mean()
-
-
-@contextmanager
-def frozen_bn_statistics(model: nn.Module):
-    """BatchNorm layers in train mode normalize with batch statistics but leave their running statistics alone.
-
-    Masked images are a training device, not test inputs: they must not shift the running
-    statistics used at test time. Turning ``track_running_stats`` off for the block makes BN skip
-    the update (no in-place write to buffers an earlier forward saved for backward).
-    """
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    for m in layers:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.track_running_stats = True
 
 
 @dataclass
@@ -122,6 +102,8 @@ class AAD(Regularizer):
 
     def __call__(self, ctx) -> Dict[str, torch.Tensor]:
         cfg = self.params
+        if cfg.alpha <= 0 and cfg.beta <= 0:
+            return {}  # nothing to compute: no CAMs, and no clean pass (nor its dropout draws) for madry
         g_clean, g_adv = ctx.cam()
         out: Dict[str, torch.Tensor] = {}
         if cfg.alpha > 0:

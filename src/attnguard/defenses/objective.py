@@ -2,7 +2,7 @@
 
 ``loss, parts = objective(model, x, y)``: ``loss`` is a differentiable scalar; ``parts`` maps names
 to detached 0-dim tensors (``ce``, the base's classification loss L_c; ``alp``, ``trades_kl``,
-``aad_rect``, ``aad_pres``, ``at``, ``afm``, ``afm_norm``, ``acc_clean`` (when a clean pass ran),
+``aad_rect``, ``aad_pres``, ``at``, ``afm``, ``afm_norm``, ``afm_cam``, ``afm_cam_norm``, ``acc_clean`` (when a clean pass ran),
 ``acc_adv``, ``loss``). The step has no host synchronization; reading the parts (``.item()``) is
 the caller's choice, e.g. every N steps.
 """

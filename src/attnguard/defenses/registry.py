@@ -20,9 +20,9 @@ from .standard import Standard
 from .trades import Trades
 
 BASES = Registry("base")
-BASES.add("standard", Standard, "cross-entropy on clean examples, no adversary")
-BASES.add("madry", Madry, "PGD adversarial training: CE on PGD examples (Madry et al. 2018; AT+ALP eq. 1)")
-BASES.add("alp", ALP, "adversarial logit pairing: mean clean/adv CE + lambda ||f(x) - f(x_adv)||^2 (Kannan et al. 2018)")
+BASES.add("standard", Standard, "L_c (CE, or the multi-label soft margin of AAD eq. 10) on clean examples, no adversary")
+BASES.add("madry", Madry, "PGD adversarial training: L_c (CE or soft margin) on PGD examples (Madry et al. 2018; AT+ALP eq. 1)")
+BASES.add("alp", ALP, "adversarial logit pairing: mean clean/adv L_c + lambda mean_{b,k} (f(x) - f(x_adv))^2 (Kannan et al. 2018)")
 BASES.add("trades", Trades, "TRADES: CE(f(x)) + beta KL(f(x) || f(x_adv)) with a KL adversary (Zhang et al. 2019)")
 
 REGULARIZERS = Registry("regularizer")
