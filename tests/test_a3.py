@@ -82,7 +82,10 @@ def test_the_attention_term_reaches_the_input(normalized):
     assert torch.allclose(value.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_normalized_variant_on_stepll_is_eq_13_with_the_mean_of_normalized_maps():
+@pytest.mark.parametrize("normalized", [False, True], ids=["a3-sum", "a3n-mean"])
+def test_on_stepll_each_variant_is_eq_12_13(normalized):
+    # eq. 12: T = CE(f(x), y_LL) - sigma * D; eq. 13: x_adv = x - eps * sign(grad_x T). D is ||Att(x) - g(x)||_1
+    # over the cells with g unnormalized (a3), or the mean of |Att(x) - minmax(g)| (a3n).
     model = lenet()
     x, y = batch(model)
     sigma, eps = 10.0, 0.05
@@ -91,11 +94,12 @@ def test_normalized_variant_on_stepll_is_eq_13_with_the_mean_of_normalized_maps(
     att = attention_area(grad_cam(model, None, x, target=y)).float()
     xr = x.clone().requires_grad_(True)
     cam, logits = grad_cam(model, None, xr, target=y, create_graph=True, return_logits=True)
-    d = (att - normalize_cam(cam)).abs().flatten(1).mean(1)
+    d = ((att - normalize_cam(cam)).abs().flatten(1).mean(1) if normalized
+         else (att - cam).abs().flatten(1).sum(1))
     total = nn.functional.cross_entropy(logits, y_ll, reduction="none") - sigma * d
     (g,) = torch.autograd.grad(total.sum(), xr)
     expected = (x - eps * g.sign()).clamp(0, 1)
-    assert torch.allclose(A3(StepLL(eps), sigma=sigma, normalized=True)(model, x, y), expected, atol=1e-6)
+    assert torch.allclose(A3(StepLL(eps), sigma=sigma, normalized=normalized)(model, x, y), expected, atol=1e-6)
 
 
 def test_the_two_variants_craft_different_examples():
