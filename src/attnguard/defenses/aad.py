@@ -94,6 +94,7 @@ class AAD(Regularizer):
     """
 
     name = "aad"
+    reads_cam = True  # the trainer asks: torch.compile cannot serve a gradient-path Grad-CAM
     Params = AADParams
     default_base = "madry"
 

@@ -88,6 +88,7 @@ class AFM(Regularizer):
     """
 
     name = "afm"
+    reads_cam = True  # the trainer asks: torch.compile cannot serve a gradient-path Grad-CAM
     Params = AFMParams
     default_base = "alp"
 

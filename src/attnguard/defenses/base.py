@@ -169,6 +169,7 @@ class Regularizer:
     """
 
     name = "regularizer"
+    reads_cam = False  # whether __call__ reads ctx.cam() (a double backward without the closed form)
     Params = NoParams
     default_base = DEFAULT_BASE
 

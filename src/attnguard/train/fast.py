@@ -45,12 +45,8 @@ def compile_blocker(objective, inner) -> Optional[str]:
 
 
 def _reads_cam(regularizer) -> bool:
-    """Whether a regularizer reads the context's Grad-CAM; a regularizer may declare it as ``reads_cam``."""
-    from ..defenses.aad import AAD
-    from ..defenses.afm import AFM
-
-    declared = getattr(regularizer, "reads_cam", None)
-    return bool(declared) if declared is not None else isinstance(regularizer, (AAD, AFM))
+    """Whether a regularizer reads the context's Grad-CAM: each declares it (``Regularizer.reads_cam``)."""
+    return bool(getattr(regularizer, "reads_cam", False))
 
 
 def craft_through(base, crafter) -> None:
