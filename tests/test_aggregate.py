@@ -62,3 +62,16 @@ def test_html_report_merges_every_evaluation_file(tmp_path):
     assert ">autoattack<" in table and ">pgd-20<" in table
     assert "33.3%" in table  # worst case over both files on the 3 common examples, as in run_summary
     assert "worst case on the first" in table and "evaluation merged from eval.json, eval-aa.json" in html
+
+
+def test_merge_keeps_the_autoattack_breakdown_of_the_file_that_supplies_autoattack():
+    from attnguard.report.aggregate import merge_evals
+
+    base = {"n_examples": 100, "clean": 0.9, "attacks": {"pgd-20": 0.5}, "worst_case": 0.5}
+    aa = {"n_examples": 30, "clean": 0.9, "attacks": {"autoattack": 0.4}, "worst_case": 0.4,
+          "autoattack_components": {"autoattack": {"n_examples": 30, "robust": {"apgd-ce": 0.45, "square": 0.4}}}}
+    merged = merge_evals([base, aa])
+    assert merged["autoattack_components"] == aa["autoattack_components"]
+    # a later file that re-runs autoattack on more examples without a breakdown drops the stale one
+    again = {"n_examples": 60, "clean": 0.9, "attacks": {"autoattack": 0.38}, "worst_case": 0.38}
+    assert "autoattack_components" not in merge_evals([base, aa, again])

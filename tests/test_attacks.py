@@ -172,44 +172,6 @@ def test_a3_copies_its_base_and_refuses_what_it_cannot_wrap():
 
 # ---------------------------------------------------------------- AutoAttack
 
-def test_autoattack_standard_settings():
-    model = lenet()
-    comps = dict(AutoAttack(8 / 255).components(model, seed=0))
-    assert list(comps) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    apgd, apgdt, fab, sq = comps.values()
-    assert (apgd.steps, apgd.n_restarts, apgd.loss, apgd.eot_iter, apgd.thr_decr) == (100, 1, "ce", 1, 0.75)
-    assert (apgdt.steps, apgdt.n_restarts, apgdt.n_target_classes) == (100, 1, 9)
-    assert (fab.steps, fab.n_restarts, fab.n_target_classes, fab.multi_targeted) == (100, 1, 9, True)
-    assert (fab.alpha_max, fab.eta, fab.beta) == (0.1, 1.05, 0.9)
-    assert (sq.n_queries, sq.n_restarts, sq.p_init, sq.loss, sq.rescale_schedule) == (5000, 1, 0.8, "margin", False)
-    for c in comps.values():
-        assert c.eps == 8 / 255 and c.norm == "Linf" and c.seed == 0
-    # 9 targets at most (as the reference, also for 100 classes); C - 1 below 10 classes
-    many = dict(AutoAttack(0.1, num_classes=100).components(lenet(num_classes=100), 0))
-    assert many["apgd-t"].n_target_classes == 9 and many["fab-t"].n_target_classes == 9
-    few = dict(AutoAttack(0.1, num_classes=5).components(lenet(num_classes=5), 0))
-    assert few["apgd-t"].n_target_classes == 4 and few["fab-t"].n_target_classes == 4
-    assert "apgd-t" not in dict(AutoAttack(0.1, num_classes=3).components(lenet(num_classes=3), 0))
-    assert dict(AutoAttack(0.5, norm="l2").components(model, 0))["apgd-ce"].norm == "L2"
-
-
-def test_autoattack_options_and_errors():
-    with pytest.raises(ConfigError, match="custom"):
-        AutoAttack(0.1, steps=10)
-    with pytest.raises(ConfigError, match="version"):
-        AutoAttack(0.1, version="fast")
-    with pytest.raises(ConfigError, match="num_classes"):
-        AutoAttack(0.1, num_classes=1)
-    custom = AutoAttack(0.1, version="custom", steps=2, n_queries=3, n_target_classes=1)
-    comps = dict(custom.components(lenet(), 0))
-    assert comps["apgd-ce"].steps == 2 and comps["square"].n_queries == 3 and comps["fab-t"].n_target_classes == 1
-    assert "custom" in repr(custom)
-    model = lenet(num_classes=5)
-    x, y = batch(model)
-    with pytest.raises(ConfigError, match="num_classes=10"):
-        AutoAttack(0.1)(model, x, y)
-
-
 def test_autoattack_runs_on_the_still_robust_examples_and_leaves_the_global_rng():
     model = lenet()
     x, y = batch(model, n=8)
@@ -239,7 +201,7 @@ def test_square_is_black_box_reproducible_and_leaves_the_global_rng():
 
 
 def test_square_l2_refuses_sizes_the_library_cannot_tile():
-    # torchattacks' L2 initialization fails with a shape error on e.g. 12x12 images: say so clearly
+    # the authors' L2 initialization fails with a shape error on e.g. 12x12 images: say so clearly
     model = lenet()
     x, y = batch(model)
     with pytest.raises(ConfigError, match="cannot tile 12x12"):

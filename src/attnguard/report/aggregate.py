@@ -32,12 +32,18 @@ def merge_evals(evals: Sequence[dict]) -> dict:
     seconds: Dict[str, float] = {}
     sanity: List[dict] = []
     masks: List[str] = []
+    components: Dict[str, dict] = {}  # AutoAttack's per-component breakdown travels with its attack's result
     for e in evals:
         for name, a in e["attacks"].items():
             if name not in attacks or e["n_examples"] > n_of[name]:
                 attacks[name], n_of[name] = a, e["n_examples"]
                 if name in (e.get("seconds") or {}):
                     seconds[name] = e["seconds"][name]
+                breakdown = (e.get("autoattack_components") or {}).get(name)
+                if breakdown is not None:
+                    components[name] = breakdown
+                else:
+                    components.pop(name, None)
         sanity.extend(e.get("sanity") or [])
         per = e.get("per_example")
         if per:
@@ -48,8 +54,12 @@ def merge_evals(evals: Sequence[dict]) -> dict:
         worst = sum(all(m[i] == "1" for m in masks) for i in range(n_worst)) / n_worst
     else:
         worst, n_worst = min((e["worst_case"], e["n_examples"]) for e in evals)
-    return {**first, "attacks": attacks, "n": n_of, "worst_case": worst, "n_worst": n_worst,
-            "seconds": seconds, "sanity": sanity, "system": next((e["system"] for e in evals if e.get("system")), None)}
+    out = {**first, "attacks": attacks, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+           "seconds": seconds, "sanity": sanity, "system": next((e["system"] for e in evals if e.get("system")), None)}
+    out.pop("autoattack_components", None)
+    if components:
+        out["autoattack_components"] = components
+    return out
 
 
 def run_summary(run) -> dict:
