@@ -288,7 +288,7 @@ def tests_step(args, res, env, log, deadline, step, work, ok_mods, no_device, dr
     if no_device or "pytest" not in ok_mods:
         return step("tests", "skipped", reason=no_device or "cannot import pytest")
     junit = work / "junit.xml"
-    where = ["tests/test_data.py"] if dry else ["tests", "benchmarks/test_benchmarks_smoke.py"]
+    where = ["tests/data/test_data.py"] if dry else ["tests", "benchmarks/test_benchmarks_smoke.py"]
     p = run_capped([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
                     "--continue-on-collection-errors", f"--junitxml={junit}", *where],
                    cap_s=deadline.cap(args.tests_cap_s), log=log, env=env, cwd=REPO, name="pytest-gpu")

@@ -23,7 +23,7 @@ depend on the batch size; eq. 3 differentiates ``y_c`` itself.
 
 Scale: with ``g`` averaging the gradients over the cells, phi is ``1 / (h w)`` of the CAM of Zhou
 et al. On the default run's MNIST LeNet its cells peak near 0.01, and at lambda1 = 10 ``lambda1 * D``
-moves the parameter gradient by 3e-5 of the rest (tests/test_fidelity_alive.py; 8e-7 dividing by
+moves the parameter gradient by 3e-5 of the rest (tests/defenses/test_fidelity_alive.py; 8e-7 dividing by
 the 32 channels too, 2e-12 with the authors' 1 / (2 B K)): every faithful reading is inert there,
 and ``afm`` trains as ALP (the norm decay at 0.01: 8e-4). ``afm-cam``
 (:mod:`~attnguard.defenses.afm_cam`) matches the CAM at Zhou et al.'s scale instead (share 1.1 at

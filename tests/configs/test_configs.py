@@ -20,8 +20,8 @@ from attnguard.configs import CONFIG_DIR, config_names, find_config, list_config
 from attnguard.errors import ConfigError
 from attnguard.train.config import resolve_config
 
-REPO = Path(__file__).resolve().parents[1]
-BEFORE = json.loads((Path(__file__).parent / "fixtures" / "configs_before_extends.json").read_text())
+REPO = Path(__file__).resolve().parents[2]
+BEFORE = json.loads((Path(__file__).parents[1] / "fixtures" / "configs_before_extends.json").read_text())
 
 
 def _main(argv):

@@ -10,7 +10,7 @@ import torch
 from attnguard import DataError, UnknownNameError
 from attnguard.data import (BatchLoader, Split, check_dataset_name, generate_boxes, load_dataset, split_holdout)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

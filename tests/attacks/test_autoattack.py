@@ -3,7 +3,7 @@ imports, the per-component breakdown on a small trained LeNet, and where the bre
 (eval.json, terminal and markdown tables, HTML report).
 
 The trained model is a LeNet (width 0.25) after 150 Adam steps on mnist-5k digits (about 95% clean
-accuracy on the held-out ones), as in tests/test_evaluate.py.
+accuracy on the held-out ones), as in tests/evaluation/test_evaluate.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from attnguard.errors import ConfigError
 from attnguard.evaluation import evaluate, format_table, to_markdown, validate_result, write_eval
 from attnguard.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def lenet(num_classes=10, seed=0):
@@ -124,7 +124,7 @@ def trained(request, one_thread):
 
 def test_autoattack_breakdown_on_a_trained_lenet(trained, tmp_path):
     # Reduced budgets (10 iterations, 2 target classes, 100 Square queries) to fit the suite; the full
-    # standard version is tests/test_attacks_crosscheck.py's slow test. 48 digits at eps 0.1, where
+    # standard version is tests/attacks/test_attacks_crosscheck.py's slow test. 48 digits at eps 0.1, where
     # PGD-20 leaves about half of them. Measured: clean 95.8%, PGD-20 56.25%; robust after APGD-CE
     # 58.3%, APGD-T 56.25% (it fools one digit APGD-CE missed), FAB-T 56.25%, Square 56.25%.
     model, x, y = trained

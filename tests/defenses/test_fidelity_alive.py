@@ -26,7 +26,7 @@ from attnguard.defenses import build_objective
 from attnguard.defenses.adversary import AdversaryConfig
 from attnguard.defenses.config import DefenseConfig
 
-FIXTURE = Path(__file__).parent / "fixtures" / "defrun-lenet-madry-aad.pt"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "defrun-lenet-madry-aad.pt"
 ALIVE = 1e-3
 ADVERSARY = AdversaryConfig(eps=0.3, step_size=0.1, steps=5)  # the default run's in-training adversary
 
