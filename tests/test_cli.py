@@ -115,6 +115,60 @@ def test_eval_writes_out(run, tmp_path, capsys):
     assert (tmp_path / "ev.md").is_file()
 
 
+def _snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_eval_never_overwrites_another_evaluation(run, tmp_path, capsys):
+    before = _snapshot(run)
+    argv = ["eval", str(run), "--attacks", "fgsm", "--n-examples", "10", "--device", "cpu"]
+    assert main(argv) == 0
+    extra = run / "eval-fgsm-n10.json"
+    assert f"wrote {extra}" in capsys.readouterr().out
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # train's eval.json and eval.md untouched
+    assert set(after) - set(before) == {extra.relative_to(run), extra.with_suffix(".md").relative_to(run)}
+    assert json.loads(extra.read_text())["n_examples"] == 10
+    # the same evaluation again: refused before evaluating (one line), unless --force
+    extra.write_text("{}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(extra) in err[0] and "--force" in err[0] and "--out" in err[0]
+    assert extra.read_text() == "{}"
+    assert main(argv + ["--force"]) == 0
+    assert json.loads(extra.read_text())["n_examples"] == 10
+    # an explicit --out that exists: refused, unless --force
+    out = tmp_path / "mine.json"
+    out.write_text("keep")
+    assert main(argv + ["--out", str(out)]) == 2
+    assert out.read_text() == "keep" and "exists" in capsys.readouterr().err
+    assert main(argv + ["--out", str(out), "--force"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and json.loads(out.read_text())["n_examples"] == 10
+    for p in (extra, extra.with_suffix(".md")):
+        p.unlink()  # leave the shared run as train wrote it
+
+
+def test_resume_with_conflicting_flags_changes_nothing(run, capsys):
+    before = _snapshot(run)
+    for extra, keys in [(["--defense", "trades"], "defense.preset"), (["--set", "train.epochs=2"], "train.epochs"),
+                        (["--eps", "0.1", "--lr", "0.5"], "adversary.eps, optim.lr")]:
+        assert _main(["train", "--out", str(run), "--resume", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and keys in err[0], err
+        assert "resumed" not in err[0]
+        assert _snapshot(run) == before
+
+
+def test_resume_of_a_finished_run_says_complete(run, capsys):
+    before = _snapshot(run)
+    # harmless keys are allowed; the run is finished, so nothing trains and nothing is rewritten
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--set", "train.progress=true",
+                 "--set", "eval.n_examples=5"]) == 0
+    out = capsys.readouterr().out
+    assert "is complete" in out and "epoch 1, step 10" in out and "resumed" not in out
+    assert _snapshot(run) == before
+
+
 def test_export_safetensors(run, tmp_path, capsys):
     from safetensors import safe_open
 

@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with a defense (default: the AAD MNIST row on mnist-5k)",
                        description="Train with a defense preset, validate robustly each epoch, then evaluate. "
                        "Flags override values of --config; --set KEY=VALUE overrides any config key. "
-                       "Checkpoints are written at each epoch end (and every train.checkpoint_every steps); "
-                       "a killed run continues with --resume. Exit status 3 when the loss becomes NaN/inf.")
+                       "Checkpoints are written at each epoch end, every train.checkpoint_minutes of wall "
+                       "clock (default 5; 0: off), every train.checkpoint_every steps, and on Ctrl-C (exit 130); "
+                       "a killed run continues with --resume, which keeps the saved config: other flags or "
+                       "--set values exit 2, except train.progress, train.log_every, train.device/--device, "
+                       "train.checkpoint_every, train.checkpoint_minutes and eval.*. Resuming a finished run "
+                       "says so and changes nothing. Exit status 3 when the loss becomes NaN/inf.")
     t.add_argument("--config", metavar="NAME_OR_FILE", help="a packaged config by name, e.g. "
                    "aad/mnist5k-lenet-madry (attnguard list configs), or a YAML file; a file may say "
                    "'extends: NAME' and override keys")
@@ -114,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=float, default=None, metavar="E", help="default: the run's training eps")
     e.add_argument("--n-examples", type=int, default=1000, metavar="N", help="first N test examples")
     e.add_argument("--sanity", action="store_true", help="run the Carlini et al. 2019 sanity checks")
-    e.add_argument("--out", metavar="FILE", help="eval.json path or directory (default: next to the model)")
+    e.add_argument("--out", metavar="FILE", help="eval.json path or directory (default: eval.json next to the "
+                   "model, or eval-<attacks>-n<N>.json when eval.json exists); an existing file is refused "
+                   "(exit 2) unless --force")
+    e.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     e.add_argument("--device", default="auto", metavar="DEV")
     e.add_argument("--batch-size", type=int, default=256, metavar="B")
     e.add_argument("--seed", type=int, default=0, metavar="S")
@@ -168,14 +175,26 @@ def _train_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     from .train.config import resolve_config
-    from .train.rundir import resume_config_file
+    from .train.rundir import finished_checkpoint, resume_config_file, resume_conflicts
     from .train.validate import check_names
 
     overrides = _train_overrides(args)
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
-        cfg = resolve_config(str(resume_config_file(args.out)), overrides)
+        file = str(resume_config_file(args.out))
+        cfg = resolve_config(file, overrides)
+        # checked before anything is written: a resume must not relabel the run its checkpoint holds
+        conflicts = resume_conflicts(resolve_config(file), cfg)
+        if conflicts:
+            raise ConfigError(f"--resume: {', '.join(conflicts)} differ from {args.out}/config.yaml; a resume "
+                              "continues the saved run (drop those flags, or train a new run with another --out)")
+        from pathlib import Path
+
+        done = finished_checkpoint(Path(args.out), cfg)
+        if done:
+            print(f"{args.out} is complete (epoch {done['epoch']}, step {done['step']}); nothing to resume")
+            return 0
     else:
         cfg = resolve_config(args.config, overrides)
     check_names(cfg)
@@ -211,16 +230,15 @@ def _print_table(table) -> None:
 
 def cmd_eval(args) -> int:
     from .evaluation import format_table, run_eval
+    from .evaluation.run import choose_eval_out
 
-    if args.out is not None:  # a bad --out must fail before the (possibly hours-long) evaluation, not after
-        from .evaluation.results import _paths
-
-        _paths(args.out)
-
-    result = run_eval(args.target, args.attacks or ["fgsm", "pgd-20", "cw-20"], eps=args.eps,
-                      n_examples=args.n_examples, sanity=args.sanity, out=args.out, device=args.device,
-                      batch_size=args.batch_size, seed=args.seed)
+    attacks = args.attacks or ["fgsm", "pgd-20", "cw-20"]
+    # chosen (and a bad or taken --out refused) before the possibly hours-long evaluation, not after
+    out = choose_eval_out(args.target, args.out, attacks, args.n_examples, force=args.force)
+    result = run_eval(args.target, attacks, eps=args.eps, n_examples=args.n_examples, sanity=args.sanity,
+                      out=out, device=args.device, batch_size=args.batch_size, seed=args.seed)
     _print_table(format_table(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -301,8 +319,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:  # a missing, unreadable or unwritable path given by the user; a full disk
         print(f"attnguard {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # the trainer's says what it saved and how to resume
+        print(_one_line(e) if str(e) else "interrupted", file=sys.stderr)
         return 130
 
 

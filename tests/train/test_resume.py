@@ -24,6 +24,7 @@ import torch
 ARGS = ["--dataset", "mnist-5k", "--model", "lenet", "--set", "model.width=0.25", "--epochs", "2",
         "--batch-size", "100", "--set", "train.max_steps=40", "--set", "data.val_size=800",
         "--set", "train.val_steps=2", "--set", "adversary.steps=2", "--set", "train.checkpoint_every=5",
+        "--set", "train.checkpoint_minutes=0",
         "--set", "train.log_every=1", "--set", "train.deterministic=true", "--set", "train.progress=false",
         "--device", "cpu", "--no-eval", "--seed", "3"]
 STEPS_PER_EPOCH = 32

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import check_range
+from ..errors import ConfigError, check_range
 from ..rundir import RunDir, first_examples
 from .core import evaluate
-from .results import write_eval
+from .results import _paths, write_eval
 
 PathLike = Union[str, os.PathLike]
 
@@ -63,3 +65,27 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
 def bits(mask: torch.Tensor) -> str:
     """A bool tensor as a string of '0'/'1' (compact, readable JSON)."""
     return "".join("1" if v else "0" for v in mask.tolist())
+
+
+def choose_eval_out(target: PathLike, out: Optional[PathLike], attacks: Sequence[str], n_examples: int,
+                    force: bool = False) -> Path:
+    """Where ``attnguard eval`` writes, chosen before evaluating so that no evaluation is overwritten silently.
+
+    Without ``out``: ``eval.json`` beside the model, or, when that exists (e.g. the final evaluation
+    of ``attnguard train``), ``eval-<attacks>-n<N>.json``. The chosen file (or ``out``) must not exist
+    unless ``force``. Returns the ``.json`` path (``.md`` beside it). Raises ConfigError otherwise.
+    """
+    if out is None:
+        folder = RunDir(target).path
+        json_path = folder / "eval.json"
+        if json_path.exists():
+            tag = "+".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", a).strip("-") or "attack" for a in attacks)
+            json_path = folder / f"eval-{tag}-n{int(n_examples)}.json"
+    else:
+        json_path = _paths(out)[0]
+    if not force:
+        taken = [p for p in (json_path, json_path.with_suffix(".md")) if p.exists()]
+        if taken:
+            raise ConfigError(f"{taken[0]} exists (another evaluation); pass --out FILE.json for a new file, "
+                              "or --force to overwrite it")
+    return json_path

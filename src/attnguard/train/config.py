@@ -99,6 +99,9 @@ class TrainConfig:
     val_steps: int = 10  # PGD-k of the per-epoch robust validation (Rice et al. 2020)
     log_every: int = 20  # steps between metric lines (each one is a host sync)
     checkpoint_every: int = 0  # extra mid-epoch checkpoints every N steps (0: epoch ends only)
+    # extra mid-epoch checkpoints every M minutes of wall clock (0: off), so a kill in a long first
+    # epoch loses at most M minutes; decided on the host clock, no device sync
+    checkpoint_minutes: float = 5
     max_steps: Optional[int] = None  # stop early (smoke tests)
     deterministic: bool = False
     progress: bool = True
@@ -112,6 +115,7 @@ class TrainConfig:
         check_range("train.val_steps", self.val_steps, 1, integer=True)
         check_range("train.log_every", self.log_every, 1, integer=True)
         check_range("train.checkpoint_every", self.checkpoint_every, 0, integer=True)
+        check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
         if self.max_steps is not None:
             check_range("train.max_steps", self.max_steps, 1, integer=True)
 

@@ -38,7 +38,8 @@ def check_run_dir(run: Path, resume: bool) -> None:
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--out {run} is a file, not a run directory")
     if resume:
-        if not ckpt.is_file():
+        # a run killed before its first checkpoint has config.yaml only: it starts from step 0
+        if not ckpt.is_file() and not (run / CONFIG_FILE).is_file():
             raise ConfigError(f"--resume: {run} has no {CHECKPOINT_DIR}/last.pt to resume from")
     elif (run / CHECKPOINT_DIR).is_dir() and any((run / CHECKPOINT_DIR).glob("*.pt")):
         raise ConfigError(f"{run} already holds a run with checkpoints; pass --resume to continue it, "
@@ -76,3 +77,48 @@ def resume_config_file(out: Optional[str]) -> Path:
     if not path.is_file():
         raise ConfigError(f"--resume: {out} is not a run directory (no {CONFIG_FILE})")
     return path
+
+
+# Keys a resume may change: they do not change what is trained (progress bar, metric-line spacing,
+# where it runs, when checkpoints are written, the final evaluation, the directory's spelling).
+RESUME_MAY_CHANGE = ("out", "train.progress", "train.log_every", "train.device", "train.checkpoint_every",
+                     "train.checkpoint_minutes", "eval.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_conflicts(saved: RunConfig, wanted: RunConfig) -> list:
+    """The config keys whose value ``wanted`` (the saved config plus this resume's flags) changes."""
+    a, b = _flat(saved.to_dict()), _flat(wanted.to_dict())
+    allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)  # noqa: E731
+    return sorted(k for k in set(a) | set(b) if not allowed(k) and a.get(k) != b.get(k))
+
+
+def finished_checkpoint(run: Path, cfg: RunConfig) -> Optional[dict]:
+    """``last.pt``'s position (epoch, batch, step) when it is the end of training, else None.
+
+    Training ends after epoch ``train.epochs``, or at ``train.max_steps`` once that epoch's end
+    (validation, best.pt) is done (batch 0): the condition under which the trainer's loop does nothing.
+    """
+    from ..io import safe_load
+
+    path = run / CHECKPOINT_DIR / "last.pt"
+    if not path.is_file():
+        return None
+    s = safe_load(path, map_location="cpu")
+    try:
+        pos = {k: int(s[k]) for k in ("epoch", "batch", "step")}
+    except (KeyError, TypeError, ValueError):
+        return None  # the trainer reports a malformed checkpoint
+    t = cfg.train
+    if pos["epoch"] >= t.epochs or (pos["batch"] == 0 and t.max_steps and pos["step"] >= t.max_steps):
+        return pos
+    return None

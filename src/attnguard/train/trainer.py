@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +45,10 @@ class TrainingDiverged(AttnGuardError):
     """The loss became NaN or inf; training stopped and the last good checkpoint is kept unchanged."""
 
     exit_code = EXIT_DIVERGED
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary; the message says what was saved and how to resume."""
 
 
 class Trainer:
@@ -111,7 +118,13 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, -1.0
         self.running = Running(self.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        state = self._load(self.run / "checkpoints" / "last.pt") if resume else None
+        self._interrupted, self._last_save = False, time.monotonic()
+        last = self.run / "checkpoints" / "last.pt"
+        if resume and not on_main(last.is_file, self.dist):
+            # killed before its first checkpoint: nothing to restore, start the same run from step 0
+            self.echo(f"note: {self.run} has no checkpoint yet; training starts from step 0")
+            resume = self.resume = False
+        state = self._load(last) if resume else None
         on_main(lambda: open_run_dir(self.run, cfg, resume), self.dist)
         if state is not None:
             self.log.truncate(lines=state.get("metrics_lines"), step=self.step)
@@ -139,6 +152,7 @@ class Trainer:
                 atomic_torch_save(state, self.run / "checkpoints" / f"{name}.pt")
 
         on_main(write, self.dist)
+        self._last_save = time.monotonic()
 
     def _load(self, path: Path) -> dict:
         """Restore everything a bitwise resume needs; returns the checkpoint (rank 0 reads it, all ranks get it)."""
@@ -268,12 +282,64 @@ class Trainer:
         self.inner.train()
         return {"acc_clean": float(correct) / n, "acc_adv": float(robust) / n, "n": n, "attack": f"pgd-{k}"}
 
+    # -- interrupts and timed checkpoints -----------------------------------------------------
+    @contextlib.contextmanager
+    def _catch_sigint(self):
+        """The first Ctrl-C sets a flag the loop reads at the next step boundary; a second one stops at once."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _boundary(self) -> tuple:
+        """(checkpoint now because train.checkpoint_minutes passed, stop because of Ctrl-C).
+
+        Host clock and a host flag, read every step in one process. Under torchrun the ranks must
+        agree (the save is collective), so rank 0 decides, only at log points, which sync anyway.
+        """
+        minutes = self.cfg.train.checkpoint_minutes
+
+        def decide():
+            due = bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
+            return due, self._interrupted
+
+        if not self.dist.enabled:
+            return decide()
+        if self.step % self.cfg.train.log_every:
+            return False, False
+        return tuple(on_main(decide, self.dist))
+
+    def _stop_interrupted(self, saved: bool):
+        last = self.run / "checkpoints" / "last.pt"
+        what = (f"saved {last} at step {self.step}" if saved
+                else f"kept {last}" if last.is_file() else "no checkpoint had been written yet")
+        cmd = f"attnguard train --out {shlex.quote(str(self.run))} --resume"
+        if self.dist.is_main:  # train.json counts this segment's wall clock; the resume adds its own
+            self._write_train_info(time.time() - self._t0)
+        raise TrainingInterrupted(f"interrupted: {what}; resume with: {cmd}")
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Path:
+        with self._catch_sigint():
+            return self._fit()
+
+    def _fit(self) -> Path:
         cfg = self.cfg
         if not self.resume:
             self.echo(f"run directory: {self.run}")
-        t0 = time.time()
+        t0 = self._t0 = time.time()
+        self._last_save = time.monotonic()
         # batch > 0: a checkpoint from inside an epoch whose end (validation, best.pt) is still to do,
         # even when its step was the last one
         while self.epoch < cfg.train.epochs and (self.step < self.total_steps or self.batch > 0):
@@ -291,10 +357,16 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 checkpoint = bool(cfg.train.checkpoint_every) and self.step % cfg.train.checkpoint_every == 0
+                due, stop = self._boundary()
+                checkpoint = checkpoint or due or stop
                 if checkpoint or self.step % cfg.train.log_every == 0:
                     self._flush(t0, bar)  # before a checkpoint: a NaN step must never be saved
                 if checkpoint:
                     self._save("last")
+                if stop:
+                    if bar is not None:
+                        bar.close()
+                    self._stop_interrupted(saved=True)
             if bar is not None:
                 bar.close()
             self._flush(t0)
@@ -313,6 +385,8 @@ class Trainer:
             if improved:
                 self.best = score
             self._save("last", *(["best"] if improved or not val else []))
+            if on_main(lambda: self._interrupted, self.dist):  # Ctrl-C during validation: the epoch end is saved, stop here
+                self._stop_interrupted(saved=True)
         if self.dist.is_main:
             self._write_train_info(time.time() - t0)
         return self.run
