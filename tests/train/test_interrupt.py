@@ -43,7 +43,7 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_finishes_the_same_run(tmp_
     assert main(["train", *TINY, "--out", str(run)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert f"last.pt at step 3" in err[0] and err[0].endswith(f"resume with: attnguard train --out {run} --resume")
+    assert "last.pt at step 3" in err[0] and err[0].endswith(f"resume with: attnguard train --out {run} --resume")
     ck = _weights(run / "checkpoints" / "last.pt")
     assert ck["step"] == ck["batch"] == 3 and ck["epoch"] == 0
     first = json.loads((run / "train.json").read_text())

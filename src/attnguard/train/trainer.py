@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from ..utils.runtime import (all_gather_object, init_distributed, on_main, rng_s
                              set_rng_state, shutdown_distributed)
 from .config import RunConfig
 from .fast import compile_blocker, craft_through, fast_path
+from .interrupt import SigintFlag, TrainingInterrupted, resume_command
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
 from .rundir import check_run_dir, default_run_dir, open_run_dir
@@ -45,10 +43,6 @@ class TrainingDiverged(AttnGuardError):
     """The loss became NaN or inf; training stopped and the last good checkpoint is kept unchanged."""
 
     exit_code = EXIT_DIVERGED
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a step boundary; the message says what was saved and how to resume."""
 
 
 class Trainer:
@@ -118,7 +112,7 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, -1.0
         self.running = Running(self.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._interrupted, self._last_save = False, time.monotonic()
+        self._interrupted, self._last_save = SigintFlag(), time.monotonic()
         last = self.run / "checkpoints" / "last.pt"
         if resume and not on_main(last.is_file, self.dist):
             # killed before its first checkpoint: nothing to restore, start the same run from step 0
@@ -283,25 +277,7 @@ class Trainer:
         return {"acc_clean": float(correct) / n, "acc_adv": float(robust) / n, "n": n, "attack": f"pgd-{k}"}
 
     # -- interrupts and timed checkpoints -----------------------------------------------------
-    @contextlib.contextmanager
-    def _catch_sigint(self):
-        """The first Ctrl-C sets a flag the loop reads at the next step boundary; a second one stops at once."""
-        self._interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set from the main thread
-            return
-
-        def handler(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
+    # (Ctrl-C: train/interrupt.py)
     def _boundary(self) -> tuple:
         """(checkpoint now because train.checkpoint_minutes passed, stop because of Ctrl-C).
 
@@ -312,7 +288,7 @@ class Trainer:
 
         def decide():
             due = bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
-            return due, self._interrupted
+            return due, bool(self._interrupted)
 
         if not self.dist.enabled:
             return decide()
@@ -320,18 +296,16 @@ class Trainer:
             return False, False
         return tuple(on_main(decide, self.dist))
 
-    def _stop_interrupted(self, saved: bool):
-        last = self.run / "checkpoints" / "last.pt"
-        what = (f"saved {last} at step {self.step}" if saved
-                else f"kept {last}" if last.is_file() else "no checkpoint had been written yet")
-        cmd = f"attnguard train --out {shlex.quote(str(self.run))} --resume"
+    def _stop_interrupted(self):
+        """After Ctrl-C, once ``last.pt`` holds the current step: say so, with the command that resumes."""
         if self.dist.is_main:  # train.json counts this segment's wall clock; the resume adds its own
             self._write_train_info(time.time() - self._t0)
-        raise TrainingInterrupted(f"interrupted: {what}; resume with: {cmd}")
+        raise TrainingInterrupted(f"interrupted: saved {self.run / 'checkpoints' / 'last.pt'} at step {self.step}; "
+                                  f"resume with: {resume_command(self.run)}")
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Path:
-        with self._catch_sigint():
+        with self._interrupted.catching():
             return self._fit()
 
     def _fit(self) -> Path:
@@ -366,7 +340,7 @@ class Trainer:
                 if stop:
                     if bar is not None:
                         bar.close()
-                    self._stop_interrupted(saved=True)
+                    self._stop_interrupted()
             if bar is not None:
                 bar.close()
             self._flush(t0)
@@ -385,8 +359,8 @@ class Trainer:
             if improved:
                 self.best = score
             self._save("last", *(["best"] if improved or not val else []))
-            if on_main(lambda: self._interrupted, self.dist):  # Ctrl-C during validation: the epoch end is saved, stop here
-                self._stop_interrupted(saved=True)
+            if on_main(lambda: bool(self._interrupted), self.dist):  # Ctrl-C in validation: epoch end saved
+                self._stop_interrupted()
         if self.dist.is_main:
             self._write_train_info(time.time() - t0)
         return self.run
