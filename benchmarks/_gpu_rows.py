@@ -134,7 +134,9 @@ def observe(run: Path, row: Row) -> str:
     """The row's stage, read from its files."""
     if all((run / row.eval_file(i)).is_file() for i in range(len(row.attacks))):
         return "done"
-    if (run / "train.json").is_file():
+    info = run / "train.json"
+    # an interrupted run writes train.json too (its time so far), with complete: false
+    if info.is_file() and json.loads(info.read_text() or "{}").get("complete", True):
         return "trained"
     return "partial" if (run / "checkpoints" / "last.pt").is_file() else "pending"
 

@@ -152,8 +152,8 @@ RUN_DIR_CASES = [
     (["train", "--resume"], "needs --out"),
     (["train", "--resume", "--out", "files/nockpt"], "not a run directory"),
     (["train", "--resume", "--out", "run", "--epochs", "0"], "train.epochs"),
-    (["train", "--resume", "--out", "run", "--set", "model.width=1.0"], "does not fit"),
-    (["train", "--resume", "--out", "run", "--model", "small-cnn"], "does not fit"),
+    (["train", "--resume", "--out", "run", "--set", "model.width=1.0"], "model.width differ"),
+    (["train", "--resume", "--out", "run", "--model", "small-cnn"], "model.name"),
     (["train", "--out", "files/model.json", *TINY], "is a file"),
 ]
 

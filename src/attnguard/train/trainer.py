@@ -299,7 +299,7 @@ class Trainer:
     def _stop_interrupted(self):
         """After Ctrl-C, once ``last.pt`` holds the current step: say so, with the command that resumes."""
         if self.dist.is_main:  # train.json counts this segment's wall clock; the resume adds its own
-            self._write_train_info(time.time() - self._t0)
+            self._write_train_info(time.time() - self._t0, complete=False)
         raise TrainingInterrupted(f"interrupted: saved {self.run / 'checkpoints' / 'last.pt'} at step {self.step}; "
                                   f"resume with: {resume_command(self.run)}")
 
@@ -365,13 +365,16 @@ class Trainer:
             self._write_train_info(time.time() - t0)
         return self.run
 
-    def _write_train_info(self, seconds: float) -> None:
-        """``train.json``: where and how long this run trained, for the tables that quote it."""
+    def _write_train_info(self, seconds: float, complete: bool = True) -> None:
+        """``train.json``: where and how long this run trained, for the tables that quote it.
+
+        ``complete`` is False when an interrupt wrote it (the time so far is counted; training is not over).
+        """
         from ..utils.machine import describe_machine
 
         path = self.run / "train.json"
         prior = read_json(path) or {}
-        info = {"steps": self.step, "epochs": self.epoch, "world_size": self.dist.world_size,
+        info = {"steps": self.step, "epochs": self.epoch, "complete": complete, "world_size": self.dist.world_size,
                 # a resumed run adds its own wall clock to the interrupted one's
                 "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
                 "resumed": bool(self.resume or prior.get("resumed")),
