@@ -27,3 +27,25 @@ def load_mnist(cache):
     if path is not None:
         torch.save(data, path)
     return data
+
+
+def train_tiny_lenet(x, y, steps: int = 150):
+    """A LeNet at width 0.25 trained for ``steps`` Adam steps on the first 4,000 digits (eval mode, no .grad).
+
+    Fixed seeds: every test that calls it gets the same model, a few seconds of CPU.
+    """
+    from attnguard import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet", width=0.25)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, 4000, (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.grad = None
+    return model.eval()

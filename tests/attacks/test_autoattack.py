@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from _support import load_mnist
+from _support import load_mnist, train_tiny_lenet
 
 from attnguard.attacks.autoattack import AutoAttack
 from attnguard.attacks.square import Square
@@ -107,19 +106,7 @@ def test_pyproject_leaves_torchattacks_out():
 @pytest.fixture(scope="module")
 def trained(request, one_thread):
     x, y = load_mnist(getattr(request.config, "cache", None))
-    torch.manual_seed(0)
-    model = create_model("lenet", width=0.25)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, 4000, (64,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval(), x[4000:], y[4000:]
+    return train_tiny_lenet(x, y), x[4000:], y[4000:]
 
 
 def test_autoattack_breakdown_on_a_trained_lenet(trained, tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _support import train_tiny_lenet
 from torch import nn
 
 from attnguard import create_model
@@ -199,18 +200,7 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def trained(mnist):
-    x, y = mnist
-    torch.manual_seed(0)
-    model = create_model("lenet", width=0.25)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, 4000, (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_tiny_lenet(*mnist)
 
 
 class Quantized(nn.Module):
