@@ -105,7 +105,7 @@ def run_capped(cmd: List[str], *, cap_s: float, log: Log, env: Dict[str, str], c
     timed_out = stopped = False
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
         while proc.poll() is None:
             if time.monotonic() - t0 > cap_s:
                 timed_out = True
@@ -124,6 +124,16 @@ def run_capped(cmd: List[str], *, cap_s: float, log: Log, env: Dict[str, str], c
     log.say(f"{name}: rc {rc} after {seconds:.1f} s" + (" (cap reached: stopped)" if timed_out else "")
             + (" (stopped by request)" if stopped else ""))
     return Proc(rc=rc, seconds=seconds, timed_out=timed_out, stopped=stopped, output=output)
+
+
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default.
+
+    A command started in the background by a non-interactive shell (``cmd &``, as a CI runner or a
+    remote executor may start this script) inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler: the clean stop below would be ignored and every capped child SIGKILLed.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:
