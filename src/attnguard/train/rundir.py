@@ -7,14 +7,15 @@ the typed :class:`RunConfig`, which the readers (eval, report, ...) must not dep
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
-from ..rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
+from ..io import atomic_write_text, read_json
+from ..rundir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, TRAIN_INFO_FILE
 from .config import RunConfig, dump_config
 
 
@@ -122,3 +123,22 @@ def finished_checkpoint(run: Path, cfg: RunConfig) -> Optional[dict]:
     if pos["epoch"] >= t.epochs or (pos["batch"] == 0 and t.max_steps and pos["step"] >= t.max_steps):
         return pos
     return None
+
+
+def write_train_info(run: Path, *, steps: int, epochs: int, world_size: int, seconds: float, resumed: bool,
+                     device, fast_path: dict, complete: bool = True) -> None:
+    """``train.json``: where and how long this run trained, for the tables that quote it.
+
+    A resumed run adds its own wall clock to the interrupted one's. ``complete`` is False when an
+    interrupt wrote it (the time so far is counted; training is not over). ``fast_path`` says what this
+    process used and why (a resumed run may differ from the interrupted one).
+    """
+    from ..utils.machine import describe_machine
+
+    path = run / TRAIN_INFO_FILE
+    prior = read_json(path) or {}
+    info = {"steps": steps, "epochs": epochs, "complete": complete, "world_size": world_size,
+            "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
+            "resumed": bool(resumed or prior.get("resumed")),
+            "system": describe_machine(device), "fast_path": fast_path}
+    atomic_write_text(path, json.dumps(info, indent=1) + "\n")

@@ -12,7 +12,6 @@ with the same result as an uninterrupted run (bitwise on the CPU with determinis
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ..attacks import PGD
 from ..data import BatchLoader, load_dataset, split_holdout
 from ..defenses import build_objective
 from ..errors import AttnGuardError, CheckpointError
-from ..io import FORMAT, atomic_torch_save, atomic_write_text, read_json, safe_load
+from ..io import FORMAT, atomic_torch_save, safe_load
 from ..models import create_model
 from ..utils.fastpath import Choice, describe
 from ..utils.precision import full_precision
@@ -34,7 +33,7 @@ from .fast import compile_blocker, craft_through, fast_path
 from .interrupt import SigintFlag, TrainingInterrupted, resume_command
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
-from .rundir import check_run_dir, default_run_dir, open_run_dir
+from .rundir import check_run_dir, default_run_dir, open_run_dir, write_train_info
 
 EXIT_DIVERGED = 3  # the CLI's exit status when training stops on a NaN/inf loss (bad input is 2)
 
@@ -366,23 +365,9 @@ class Trainer:
         return self.run
 
     def _write_train_info(self, seconds: float, complete: bool = True) -> None:
-        """``train.json``: where and how long this run trained, for the tables that quote it.
-
-        ``complete`` is False when an interrupt wrote it (the time so far is counted; training is not over).
-        """
-        from ..utils.machine import describe_machine
-
-        path = self.run / "train.json"
-        prior = read_json(path) or {}
-        info = {"steps": self.step, "epochs": self.epoch, "complete": complete, "world_size": self.dist.world_size,
-                # a resumed run adds its own wall clock to the interrupted one's
-                "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
-                "resumed": bool(self.resume or prior.get("resumed")),
-                "system": describe_machine(self.device),
-                # what this process used and why (a resumed run may differ from the interrupted one)
-                "fast_path": describe(self.fast)}
-        atomic_write_text(path, json.dumps(info, indent=1) + "\n")
-
+        write_train_info(self.run, steps=self.step, epochs=self.epoch, world_size=self.dist.world_size,
+                         seconds=seconds, resumed=self.resume, device=self.device, fast_path=describe(self.fast),
+                         complete=complete)
 
 def _checked_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
