@@ -154,8 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     x2.add_argument("--which", choices=("best", "last"), default=None,
                     help="checkpoint to export (default: the run config's eval.checkpoint, else best)")
 
-    ls = sub.add_parser("list", help="list datasets, models, defenses, regularizers, attacks or configs")
-    ls.add_argument("what", choices=("datasets", "models", "defenses", "regularizers", "attacks", "configs"))
+    st = sub.add_parser("study", help="run one of the papers' studies: a figure (PNG) and its numbers (JSON)",
+                        description="Run a study (attnguard list studies) on one or more runs. Writes NAME.png and "
+                        "NAME.json into --out (default RUN/studies/ of the first run); the run's report shows them.")
+    st.add_argument("name", metavar="NAME")
+    st.add_argument("runs", nargs="+", metavar="RUN")
+    st.add_argument("--out", metavar="DIR", help="output folder (default RUN/studies)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="a study option (repeatable)")
+    st.add_argument("--device", default="auto", metavar="DEV")
+    st.add_argument("--force", action="store_true", help="replace an existing NAME.json")
+
+    ls = sub.add_parser("list", help="list datasets, models, defenses, regularizers, attacks, configs or studies")
+    ls.add_argument("what", choices=("datasets", "models", "defenses", "regularizers", "attacks", "configs",
+                                     "studies"))
     return p
 
 
@@ -291,6 +302,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .studies import run_study
+
+    ctx = run_study(args.name, args.runs, out=args.out, options=_parse_set(args.set), device=args.device,
+                    force=args.force)
+    print(f"wrote {ctx.png} and {ctx.json}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from .train.validate import listing
 
@@ -300,7 +320,8 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explain": cmd_explain, "analyze": cmd_analyze,
-            "report": cmd_report, "export": cmd_export, "list": cmd_list}
+            "report": cmd_report, "export": cmd_export, "study": cmd_study,
+            "list": cmd_list}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -15,6 +15,10 @@ class AttnGuardError(ValueError):
     """Base class of every error caused by user input."""
 
 
+def plural(noun: str) -> str:
+    return noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+
+
 class UnknownNameError(AttnGuardError, KeyError):
     """A name that is not in a registry. The message lists the valid names."""
 
@@ -22,7 +26,7 @@ class UnknownNameError(AttnGuardError, KeyError):
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        super().__init__(f"unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid)}")
+        super().__init__(f"unknown {kind} '{name}'.{hint} Valid {plural(kind)}: {', '.join(valid)}")
         self.kind, self.name, self.valid = kind, name, valid
 
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes

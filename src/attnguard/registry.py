@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
-from .errors import UnknownNameError
+from .errors import UnknownNameError, plural
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Registry:
             # UnknownNameError suggests among the listed names only; where those are patterns
             # (pgd-K) a concrete example (pgd-20) is the suggestion a typo such as pdg-20 needs.
             hint = f" Did you mean '{close[0]}'?"
-            err.args = (f"unknown {self.kind} '{name}'.{hint} Valid {self.kind}s: {', '.join(err.valid)}",)
+            err.args = (f"unknown {self.kind} '{name}'.{hint} Valid {plural(self.kind)}: {', '.join(err.valid)}",)
         return err
 
     def get(self, name: str) -> Callable:

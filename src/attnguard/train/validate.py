@@ -46,4 +46,9 @@ def listing(what: str) -> List[Tuple[str, str]]:
         from ..configs import list_configs
 
         return list_configs()
+    if what == "studies":
+        from ..studies import STUDIES
+        from ..studies import catalog  # noqa: F401  (registers the studies)
+
+        return STUDIES.describe()
     raise ValueError(what)

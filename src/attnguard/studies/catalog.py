@@ -1,0 +1,1 @@
+"""Imports every study module, so that each registers itself in STUDIES (one line per study)."""
