@@ -27,6 +27,8 @@ PRESETS: Dict[str, str] = {
     "afm-cam": "AFM on the CAM at Zhou et al.'s scale (h*w x Grad-CAM; AFM as written is inert on MNIST LeNet)",
     "trades": "TRADES: clean CE + beta KL to PGD-KL examples (Zhang et al. 2019)",
     "trades+aad": "TRADES + AAD attention rectification and preservation",
+    "stepll-at": "StepLL adversarial training, mixed clean/adversarial batches (Kurakin et al. 2017; AAD Fig. 11)",
+    "ensemble": "ensemble adversarial training on examples from static models (Tramer et al. 2018; AAD Fig. 10)",
 }
 
 

@@ -15,8 +15,10 @@ from .afm import AFM
 from .afm_cam import AFMCAM
 from .alp import ALP
 from .at import AT
+from .ensemble_at import EnsembleAT
 from .madry import Madry
 from .standard import Standard
+from .stepll_at import StepLLAT
 from .trades import Trades
 
 BASES = Registry("base")
@@ -24,6 +26,8 @@ BASES.add("standard", Standard, "L_c (CE, or the multi-label soft margin of AAD 
 BASES.add("madry", Madry, "PGD adversarial training: L_c (CE or soft margin) on PGD examples (Madry et al. 2018; AT+ALP eq. 1)")
 BASES.add("alp", ALP, "adversarial logit pairing: mean clean/adv L_c + lambda mean_{b,k} (f(x) - f(x_adv))^2 (Kannan et al. 2018)")
 BASES.add("trades", Trades, "TRADES: CE(f(x)) + beta KL(f(x) || f(x_adv)) with a KL adversary (Zhang et al. 2019)")
+BASES.add("stepll-at", StepLLAT, "StepLL adversarial training: clean/StepLL mixed batch, lambda 0.3 (Kurakin et al. 2017)")
+BASES.add("ensemble", EnsembleAT, "ensemble adversarial training: single-step examples from rotating static models (Tramer et al. 2018)")
 
 REGULARIZERS = Registry("regularizer")
 REGULARIZERS.add("aad", AAD, "Grad-CAM attention rectification + preservation (AAD eq. 7-10)")
