@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..errors import CheckpointError
 from ..rundir import RunDir
@@ -92,18 +92,38 @@ def _ms(values: Sequence[float], scale: float = 100.0) -> str:
     return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
 
 
-def aggregate_markdown(runs: Sequence) -> str:
-    """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds."""
+def config_values(summary: dict, keys: Sequence[str]) -> tuple:
+    """The values of dotted config ``keys`` in a summarized run's config.yaml (lists as tuples, hashable)."""
+    run = RunDir(summary["run"])
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (run.get(k) for k in keys))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = None) -> str:
+    """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds.
+
+    ``group_by``: dotted config keys (``attnguard sweep`` passes the keys it varies) whose values
+    make the rows and the first columns instead, in the order the runs first show them.
+    """
     summaries = [run_summary(r) for r in runs]
     groups: Dict[tuple, List[dict]] = {}
     for s in summaries:
-        groups.setdefault((s["dataset"], s["model"], s["defense"], round(s["eps"] or 0, 6)), []).append(s)
+        key = config_values(s, group_by) if group_by else (s["dataset"], s["model"], s["defense"],
+                                                            round(s["eps"] or 0, 6))
+        groups.setdefault(key, []).append(s)
     names = {n for s in summaries for n in s["acc"]}
     cols = [n for n in ORDER if n in names] + sorted(names - set(ORDER))
-    head = ["dataset", "model", "defense", "eps", "seeds"] + cols + ["worst case", "train time (s, incl. validation)"]
+    head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds"] + cols
+            + ["worst case", "train time (s, incl. validation)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (ds, model, defense, eps), members in groups.items():
-        row = [str(ds), str(model), f"`{defense}`", f"{eps:.4g}", str(len(members))]
+    for key, members in groups.items():
+        row = [_cell(v) for v in key] if group_by else [str(key[0]), str(key[1]), f"`{key[2]}`", f"{key[3]:.4g}"]
+        row.append(str(len(members)))
         row += [_ms([m["acc"].get(c) for m in members]) for c in cols]
         row.append(_ms([m["worst_case"] for m in members]))
         row.append(_ms([m["train_seconds"] for m in members], scale=1.0))
