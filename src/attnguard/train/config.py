@@ -105,6 +105,9 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop early (smoke tests)
     deterministic: bool = False
     progress: bool = True
+    # AAD Fig. 6: clean/adversarial Grad-CAM of the first N test examples at every epoch end, into
+    # RUN/attention/ (train/snapshots.py; 0: off). On by default: it costs well under 1% of an epoch.
+    attention_snapshots: int = 8
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1, integer=True)
@@ -118,6 +121,7 @@ class TrainConfig:
         check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
         if self.max_steps is not None:
             check_range("train.max_steps", self.max_steps, 1, integer=True)
+        check_range("train.attention_snapshots", self.attention_snapshots, 0, integer=True)
 
 
 @dataclass

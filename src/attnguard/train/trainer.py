@@ -34,6 +34,7 @@ from .interrupt import SigintFlag, TrainingInterrupted, resume_command
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
 from .rundir import check_run_dir, default_run_dir, open_run_dir, write_train_info
+from .snapshots import snapshot_attention
 
 EXIT_DIVERGED = 3  # the CLI's exit status when training stops on a NaN/inf loss (bad input is 2)
 
@@ -313,6 +314,7 @@ class Trainer:
             self.echo(f"run directory: {self.run}")
         t0 = self._t0 = time.time()
         self._last_save = time.monotonic()
+        snapshot_attention(self)  # epoch 0 (AAD Fig. 6); rank 0, boundaries only, RNG untouched
         # batch > 0: a checkpoint from inside an epoch whose end (validation, best.pt) is still to do,
         # even when its step was the last one
         while self.epoch < cfg.train.epochs and (self.step < self.total_steps or self.batch > 0):
@@ -347,6 +349,7 @@ class Trainer:
             self.batch = 0
             # rank 0 validates while the others wait; all ranks get the result (same best on every rank)
             val = on_main(self.validate, self.dist)
+            snapshot_attention(self)
             if val:
                 self.log.write({"epoch": self.epoch, "step": self.step, "split": "val",
                                 "seconds": round(time.time() - t0, 3), **val})
