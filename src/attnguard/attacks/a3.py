@@ -147,6 +147,15 @@ class A3(Attack):
     def perturb(self, model, x, y):
         return self.inner.perturb(model, x, y)
 
+    @property
+    def on_iterate(self):
+        """The iterate observer of the wrapped copy (PGD-type bases; see ``PGD.on_iterate``)."""
+        return getattr(self.inner, "on_iterate", None)
+
+    @on_iterate.setter
+    def on_iterate(self, fn):
+        self.inner.on_iterate = fn
+
     def __repr__(self) -> str:
         extra = ", normalized=True" if self.normalized else ""
         return f"A3({self.base!r}, sigma={self.sigma:g}, kappa={self.kappa}{extra})"

@@ -33,6 +33,11 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    # Optional observer of the iterates, ``on_iterate(step, x_adv)``: step 0 is the start point, then
+    # 1..steps after each projected step, once per restart, on the examples being attacked. It sees a
+    # detached view (it must not modify it) and changes nothing the attack computes (AAD Fig. 2/12:
+    # the ``attack-rounds`` study draws each round's attention).
+    on_iterate = None
 
     def __init__(self, eps: float, alpha: Optional[float] = None, steps: int = 10, *, norm: str = "linf",
                  random_start: bool = True, restarts: int = 1, loss="ce", targeted: bool = False,
@@ -71,12 +76,16 @@ class PGD(Attack):
         and ``(x_adv, None, None)`` is returned: a single restart has nothing to compare.
         """
         x_adv = self._start(x, gen)
-        for _ in range(self.steps):
+        if self.on_iterate is not None:
+            self.on_iterate(0, x_adv.detach())
+        for step in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss, _ = self.loss(model, x_adv, y, state)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             x_adv = project(self._step(x_adv.detach(), grad), x, self.eps, self.norm)
+            if self.on_iterate is not None:
+                self.on_iterate(step + 1, x_adv.detach())
         if not score:
             return x_adv.detach(), None, None
         with torch.no_grad():
