@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 from .errors import AttnGuardError, ConfigError
+from .sweep.cli import add_sweep_parser, cmd_sweep
 
 EPILOG = """examples:
   attnguard train                                  # AAD MNIST row (LeNet, madry+aad, eps 0.3) on mnist-5k, CPU
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="auto", metavar="DEV")
     st.add_argument("--force", action="store_true", help="replace an existing NAME.json")
 
+    add_sweep_parser(sub)  # attnguard/sweep/cli.py; copies the train flags, so after train
     ls = sub.add_parser("list", help="list datasets, models, defenses, regularizers, attacks, configs or studies")
     ls.add_argument("what", choices=("datasets", "models", "defenses", "regularizers", "attacks", "configs",
                                      "studies"))
@@ -320,7 +322,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explain": cmd_explain, "analyze": cmd_analyze,
-            "report": cmd_report, "export": cmd_export, "study": cmd_study,
+            "report": cmd_report, "export": cmd_export, "study": cmd_study, "sweep": cmd_sweep,
             "list": cmd_list}
 
 
