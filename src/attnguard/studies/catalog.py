@@ -1,1 +1,4 @@
 """Imports every study module, so that each registers itself in STUDIES (one line per study)."""
+
+from . import evolution  # noqa: F401  (AAD Fig. 6)
+from . import attack_rounds  # noqa: F401  (AAD Fig. 2, 12)
