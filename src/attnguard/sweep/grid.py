@@ -116,9 +116,9 @@ def parse_grid(specs: Optional[Sequence[str]]) -> List[Axis]:
         values = tuple(parse_value(key, t) for t in texts)
         # a fraction keeps its spelling in names (adversary.eps=8_255, not 0.03137254901960784)
         labels = tuple(value_label(t if "/" in t and isinstance(v, float) else v) for t, v in zip(texts, values))
-        if len(set(labels)) < len(labels):
-            dup = next(l for l in labels if labels.count(l) > 1)
-            raise ConfigError(f"--grid {key}: the value {dup} is listed twice")
+        for i, v in enumerate(values):  # 1 and 1.0 are the same run; so are two values with one name
+            if v in values[:i] or labels[i] in labels[:i]:
+                raise ConfigError(f"--grid {key}: the value {texts[i]} is listed twice")
         axes.append(Axis(key, values, labels, tuple(texts)))
     return axes
 
