@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from .errors import AttnGuardError, ConfigError
 from .sweep.cli import add_sweep_parser, cmd_sweep
+from .utils.numbers import is_fraction, number_arg, parse_number
 
 EPILOG = """examples:
   attnguard train                                  # AAD MNIST row (LeNet, madry+aad, eps 0.3) on mnist-5k, CPU
@@ -69,6 +70,8 @@ def _parse_set(values: Optional[List[str]]) -> dict:
             value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: train.amp=off means "off"
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        elif is_fraction(value):
+            value = parse_number(value, key.strip())  # adversary.eps=8/255; 8/0 is a one-line error
         set_path(out, key.strip(), value)
     return out
 
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", metavar="M", help="model name (attnguard list models)")
     t.add_argument("--defense", metavar="P", help="defense preset, e.g. madry, alp+aad, at+alp, afm, trades")
     t.add_argument("--epochs", type=int, metavar="N", help="passes over the training split")
-    t.add_argument("--eps", type=float, metavar="E", help="L-inf radius of the training adversary (and eval)")
+    t.add_argument("--eps", type=number_arg, metavar="E", help="L-inf radius of the training adversary (and eval), "
+                   "e.g. 0.3 or 8/255")
     t.add_argument("--batch-size", type=int, metavar="B", help="global batch (split across torchrun processes)")
     t.add_argument("--lr", type=float, metavar="LR", help="learning rate (the schedule's peak)")
     t.add_argument("--seed", type=int, metavar="S", help="seeds init, data order and the adversary")
@@ -113,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
 
     e = sub.add_parser("eval", help="evaluate a run or checkpoint against attacks (worst case per example)")
-    e.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory, a .pt checkpoint or a "
+                   ".safetensors export (attnguard export)")
+    e.add_argument("--dataset", metavar="D", help="the dataset of a .safetensors export whose metadata names none "
+                   "(attnguard list datasets); a run is evaluated on its own dataset")
+    e.add_argument("--data-root", metavar="DIR", help="where a torchvision dataset lives (default: the run's data.root)")
     e.add_argument("--attacks", type=_comma_list, default=None, metavar="LIST",
                    help="comma-separated attack names (attnguard list attacks); default fgsm,pgd-20,cw-20")
-    e.add_argument("--eps", type=float, default=None, metavar="E", help="default: the run's training eps")
+    e.add_argument("--eps", type=number_arg, default=None, metavar="E", help="e.g. 0.3 or 8/255; default: the "
+                   "run's eval.eps, else its training eps")
     e.add_argument("--n-examples", type=int, default=1000, metavar="N", help="first N test examples")
     e.add_argument("--sanity", action="store_true", help="run the Carlini et al. 2019 sanity checks")
     e.add_argument("--out", metavar="FILE", help="eval.json path or directory (default: eval.json next to the "
@@ -131,14 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", metavar="RUN")
     x.add_argument("--attack", default="pgd-20")
     x.add_argument("--n", type=int, default=16, help="number of images (rows)")
-    x.add_argument("--eps", type=float, default=None)
-    x.add_argument("--out", default="gallery.png")
+    x.add_argument("--eps", type=number_arg, default=None, metavar="E", help="e.g. 0.3 or 8/255; default: the "
+                   "run's eval.eps, else its training eps")
+    x.add_argument("--only-fooled", action="store_true", help="show only examples the attack fooled (clean "
+                   "correct, adversarial wrong): the first --n of them in the test split")
+    x.add_argument("--out", default="gallery.png", help="PNG path; the shown test indices and predictions go "
+                   "to a .json beside it")
     x.add_argument("--device", default="auto")
 
     a = sub.add_parser("analyze", help="the papers' attention analyses (IoU tables, LIME) and plots")
     a.add_argument("run", metavar="RUN")
     a.add_argument("--boxes", metavar="FILE_OR_DIR", help="Pascal VOC XML folder/file or CSV of boxes")
     a.add_argument("--attack", default="stepll")
+    a.add_argument("--eps", type=number_arg, default=None, metavar="E", help="e.g. 0.3 or 8/255; default: the "
+                   "run's eval.eps, else its training eps")
     a.add_argument("--n-examples", type=int, default=500)
     a.add_argument("--out", metavar="DIR", help="default RUN/analysis")
     a.add_argument("--device", default="auto")
@@ -245,10 +260,16 @@ def cmd_eval(args) -> int:
     from .evaluation import format_table, run_eval
     from .evaluation.run import choose_eval_out
 
+    from .rundir import RunDir
+
     attacks = args.attacks or ["fgsm", "pgd-20", "cw-20"]
+    target = RunDir(args.target, dataset=args.dataset, data_root=args.data_root)
+    target.dataset  # noqa: B018 -- a missing or conflicting dataset fails now, in one line
+    if args.eps is None:
+        target.eps  # noqa: B018 -- likewise an export that records no eps
     # chosen (and a bad or taken --out refused) before the possibly hours-long evaluation, not after
-    out = choose_eval_out(args.target, args.out, attacks, args.n_examples, force=args.force)
-    result = run_eval(args.target, attacks, eps=args.eps, n_examples=args.n_examples, sanity=args.sanity,
+    out = choose_eval_out(target, args.out, attacks, args.n_examples, force=args.force)
+    result = run_eval(target, attacks, eps=args.eps, n_examples=args.n_examples, sanity=args.sanity,
                       out=out, device=args.device, batch_size=args.batch_size, seed=args.seed)
     _print_table(format_table(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
@@ -258,8 +279,16 @@ def cmd_eval(args) -> int:
 def cmd_explain(args) -> int:
     from .analysis import explain
 
-    path = explain(args.run, attack=args.attack, n=args.n, out=args.out, eps=args.eps, device=args.device)
-    print(f"wrote {path}")
+    path = explain(args.run, attack=args.attack, n=args.n, out=args.out, eps=args.eps, device=args.device,
+                   only_fooled=args.only_fooled)
+    if args.only_fooled:
+        import json
+
+        shown = json.loads(path.with_suffix(".json").read_text())
+        if shown["shown"] < args.n:
+            print(f"found only {shown['shown']} fooled examples of the {args.n} asked for in all "
+                  f"{shown['scanned']} test examples")
+    print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
@@ -267,7 +296,7 @@ def cmd_analyze(args) -> int:
     from .analysis import analyze
 
     result = analyze(args.run, boxes=args.boxes, attack=args.attack, n_examples=args.n_examples,
-                     out_dir=args.out, device=args.device)
+                     out_dir=args.out, device=args.device, eps=args.eps)
     from .analysis.summary import summary_text
 
     print(summary_text(result))
@@ -295,11 +324,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io import export_safetensors
+    from .io import check_export_path, export_safetensors
     from .rundir import RunDir
 
-    model = RunDir(args.run).model(which=args.which)
-    export_safetensors(model, args.out)
+    check_export_path(args.out)
+    run = RunDir(args.run)
+    model = run.model(which=args.which)
+    try:
+        eps = run.eps
+    except AttnGuardError:  # an old run without an eps: the export then just records none
+        eps = None
+    export_safetensors(model, args.out, dataset=run.get("data.name"), eps=eps)
     print(f"wrote {args.out}")
     return 0
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 FORMAT = "attnguard-checkpoint"
 PathLike = Union[str, os.PathLike]
@@ -133,17 +133,53 @@ def load_checkpoint_model(path: PathLike, device: Union[str, torch.device] = "cp
     return model.to(device).eval()
 
 
-def export_safetensors(model, path: PathLike) -> None:
-    """Write the weights as safetensors; model name, classes and normalization go in the metadata."""
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def check_export_path(path: PathLike) -> Path:
+    """``path`` if it ends in ``.safetensors``, else a :class:`ConfigError` (an export named ``m.pt`` would
+    pass for a checkpoint, which it is not)."""
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ConfigError(f"an export is a safetensors file; name it *{SAFETENSORS_SUFFIX}, not {path.name!r}")
+    return path
+
+
+def export_safetensors(model, path: PathLike, *, dataset: Optional[str] = None, eps: Optional[float] = None) -> None:
+    """Write the weights as safetensors; model name, classes and normalization go in the metadata.
+
+    ``dataset`` and ``eps`` (the run's ``data.name`` and evaluation radius), when given, are recorded
+    too, so that ``attnguard eval FILE.safetensors`` needs no ``--dataset`` / ``--eps``.
+    """
     from safetensors.torch import save
 
+    path = check_export_path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     cfg = model.config
     # model_config rebuilds the model; the flat keys let other tools read the essentials (strings only)
     meta = {"format": FORMAT, "model_config": json.dumps(cfg), "model": str(cfg.get("arch", "")),
             "num_classes": str(cfg.get("num_classes", "")), "input_size": json.dumps(cfg.get("input_size")),
             "mean": json.dumps(cfg.get("mean")), "std": json.dumps(cfg.get("std"))}
+    if dataset:
+        meta["dataset"] = str(dataset)
+    if eps is not None:
+        meta["eps"] = repr(float(eps))  # repr round-trips the float exactly
     atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    """The metadata strings of a safetensors file (the tensors are not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 def load_safetensors(path: PathLike, device="cpu"):

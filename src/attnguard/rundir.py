@@ -12,20 +12,21 @@
 ``attnguard eval``, ``explain``, ``analyze``, ``report``, ``export`` and ``load_model`` all open
 their target with :class:`RunDir`, so each fact (which checkpoint, which eps, which test images)
 has one implementation. A checkpoint file (``.pt``) or a weights-only ``.safetensors`` export is
-accepted too: its config comes from the checkpoint, and it has no config at all for the export.
+accepted too: its config comes from the checkpoint; an export has none, only the dataset and eps
+its metadata may record (or that the caller gives: ``RunDir(file, dataset=..., data_root=...)``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import torch
 
 from .errors import CheckpointError, ConfigError
+from .utils.numbers import parse_number
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,15 +50,8 @@ def config_get(config: dict, dotted: str, default=None):
 
 
 def parse_eps(value) -> float:
-    """A radius from a number or a string such as ``"8/255"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"eps must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps must be a number such as 0.3 or 8/255, got {value!r}") from None
+    """A radius from a number or a string such as ``"8/255"`` (see :func:`attnguard.utils.numbers.parse_number`)."""
+    return parse_number(value, "eps")
 
 
 def read_jsonl(path: PathLike) -> Tuple[List[dict], int]:
@@ -81,12 +75,13 @@ def read_jsonl(path: PathLike) -> Tuple[List[dict], int]:
     return records, skipped
 
 
-def first_examples(split, n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (default all) examples of a data split: float [0, 1] images and int64 labels."""
-    stop = len(split.labels) if n is None else min(int(n), len(split.labels))
-    images = torch.as_tensor(split.images[:stop])
+def first_examples(split, n: Optional[int] = None, start: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (default all) examples of a data split from index ``start``: float [0, 1] images
+    and int64 labels."""
+    stop = len(split.labels) if n is None else min(int(start) + int(n), len(split.labels))
+    images = torch.as_tensor(split.images[start:stop])
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return images, torch.as_tensor(split.labels[:stop]).long()
+    return images, torch.as_tensor(split.labels[start:stop]).long()
 
 
 class RunDir:
@@ -96,6 +91,10 @@ class RunDir:
         path: a run directory, a ``.pt`` checkpoint or a ``.safetensors`` export.
         config: use this dict as the run config instead of reading one (e.g. ``{}`` to show a run
             whose config.yaml is broken).
+        dataset, data_root: the dataset to evaluate on, for a weights-only export (``attnguard eval
+            FILE.safetensors --dataset D``); a run that records another dataset refuses it.
+
+    ``RunDir(run)`` of a RunDir ``run`` (without other arguments) is ``run`` itself.
 
     Raises :class:`CheckpointError` when ``path`` does not exist and :class:`ConfigError` when
     the directory's config.yaml is not a YAML mapping.
@@ -104,7 +103,20 @@ class RunDir:
     folder holding the file), ``name`` (directory name, or the file's stem).
     """
 
-    def __init__(self, path: PathLike, *, config: Optional[dict] = None):
+    def __new__(cls, path=None, **kwargs):
+        # RunDir(run) of a RunDir is that RunDir (as Path(p) of a Path), so that a caller can open a
+        # weights-only export with its dataset and hand it to a function that calls RunDir(target)
+        if isinstance(path, RunDir) and not any(v is not None for v in kwargs.values()):
+            return path
+        return super().__new__(cls)
+
+    def __init__(self, path: PathLike, *, config: Optional[dict] = None, dataset: Optional[str] = None,
+                 data_root: Optional[str] = None):
+        if path is self:  # RunDir(run) returned run itself (see __new__)
+            return
+        if isinstance(path, RunDir):
+            path = path.target
+        self._dataset, self._data_root = dataset, data_root
         target = Path(path)
         if not target.exists():
             raise CheckpointError(f"no such run directory or checkpoint: {target}")
@@ -153,14 +165,19 @@ class RunDir:
         """The run config as the file says it (old flat keys stay as they are; nothing is interpreted).
 
         config.yaml for a run directory; for a checkpoint file, or a directory without config.yaml,
-        the config stored in the checkpoint.
+        the config stored in the checkpoint; for an export, ``data.name`` and ``eval.eps`` from its
+        metadata (a :class:`ConfigError` if it records neither).
         """
         if self._known is not None:
             return self._known
+        if self.is_export:
+            config = self._export_config()
+            if not config:
+                raise ConfigError(f"{self._file} is a weights-only export without a run config (its metadata names "
+                                  "no dataset or eps); evaluate the run directory or its .pt checkpoint, or pass "
+                                  "--dataset and --eps")
+            return config
         if self._from_checkpoint is None:
-            if self._file is not None and self._file.suffix == ".safetensors":
-                raise ConfigError(f"{self._file} is a weights-only export without a run config; evaluate the "
-                                  "run directory or its .pt checkpoint instead")
             from .io import safe_load
 
             config = safe_load(self.checkpoint()).get("config")
@@ -169,21 +186,52 @@ class RunDir:
             self._from_checkpoint = config
         return self._from_checkpoint
 
+    @property
+    def is_export(self) -> bool:
+        """A weights-only ``.safetensors`` export (no run config; its metadata may name dataset and eps)."""
+        return self._file is not None and self._file.suffix.lower() == ".safetensors"
+
+    def _export_config(self) -> dict:
+        """The little an export's metadata says about its run: ``data.name`` and ``eval.eps`` if recorded."""
+        if self._from_checkpoint is None:
+            from .io import safetensors_metadata
+
+            meta = safetensors_metadata(self._file)
+            config: dict = {}
+            if meta.get("dataset"):
+                config["data"] = {"name": meta["dataset"]}
+            if meta.get("eps"):
+                config["eval"] = {"eps": meta["eps"]}
+            self._from_checkpoint = config
+        return self._from_checkpoint
+
     def get(self, dotted: str, default=None):
         """A config value by dotted key (``"data.name"``), or ``default``."""
-        return config_get(self.config, dotted, default)
+        # an export's metadata may record nothing: then every key has its default (config would raise)
+        config = self._export_config() if self._known is None and self.is_export else self.config
+        return config_get(config, dotted, default)
 
     @property
     def dataset(self) -> str:
+        """The run's ``data.name``; for an export, the ``dataset`` given when opening it, else its metadata's."""
         name = self.get("data.name")
+        if self._dataset is not None:
+            # a run that knows its dataset is evaluated on it: another one would mislabel the numbers
+            if isinstance(name, str) and name and name != self._dataset and not self.is_export:
+                raise ConfigError(f"{self.target} was trained on {name}, not {self._dataset}; --dataset is for a "
+                                  "weights-only .safetensors export")
+            return self._dataset
         if not isinstance(name, str) or not name:
+            if self.is_export:
+                raise ConfigError(f"{self.target} is a weights-only export and its metadata names no dataset; "
+                                  "pass --dataset D (attnguard list datasets)")
             raise ConfigError(f"the run config of {self.target} has no data.name; cannot tell which dataset it "
                               "was trained on")
         return name
 
     @property
     def data_root(self) -> Optional[str]:
-        return self.get("data.root")
+        return self._data_root if self._data_root is not None else self.get("data.root")
 
     @property
     def eps(self) -> float:
@@ -192,6 +240,8 @@ class RunDir:
             value = self.get(key)
             if value is not None:
                 return parse_eps(value)
+        if self.is_export:
+            raise ConfigError(f"{self.target} is a weights-only export and its metadata records no eps; pass --eps E")
         raise ConfigError(f"the run config of {self.target} has no eval.eps or adversary.eps; pass eps explicitly")
 
     @property

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError
+from ..evaluation.blocks import check_eps
 from ._figures import new_figure, save_png, styled
 from ..rundir import RunDir, parse_eps
 from ._run import attack_name, load_test_data, make_attack
@@ -132,8 +133,9 @@ def analyze(run, boxes=None, attack: str = "stepll", n_examples: int = 500, out_
     run = RunDir.of(run)
     if int(n_examples) < 1:
         raise ConfigError(f"n_examples must be >= 1, got {n_examples}")
+    # the range check of attnguard eval, before the model loads (eps 2 or -1 is one line, exit 2)
+    eps = check_eps(run.eps if eps is None else parse_eps(eps))
     model = run.model(device)
-    eps = run.eps if eps is None else parse_eps(eps)
     data = load_test_data(run, n_examples)
     seed = run.seed if seed is None else int(seed)
     atk = make_attack(attack, eps, seed=seed, num_classes=model.num_classes, device=device)

@@ -7,6 +7,7 @@ class, min-max normalized per image and upsampled (bilinear) to the image for di
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,7 +16,9 @@ import torch
 
 from ..attention import normalize_cam, upsample_cam
 from ._figures import CAM_CMAP, new_figure, save_png
-from ..rundir import RunDir, parse_eps
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from ..rundir import RunDir, first_examples, parse_eps
 from ._run import attack_all, attack_name, cams, class_name, load_test_data, make_attack, predict
 from ..utils.modes import eval_mode
 
@@ -43,7 +46,8 @@ def _panel(ax, img: np.ndarray, cam: Optional[np.ndarray], title: str, color: st
 
 
 def gallery_figure(model, images: torch.Tensor, labels: torch.Tensor, attack, class_names: Optional[Sequence[str]] = None,
-                   *, layer=None, attack_label: str = "attack", title: Optional[str] = None):
+                   *, layer=None, attack_label: str = "attack", title: Optional[str] = None,
+                   x_adv: Optional[torch.Tensor] = None):
     """Build the gallery figure; returns ``(figure, info)`` where ``info`` has predictions and confidences.
 
     Args:
@@ -54,6 +58,8 @@ def gallery_figure(model, images: torch.Tensor, labels: torch.Tensor, attack, cl
         class_names: names for the class indices (default: the indices).
         layer: Grad-CAM layer (default: the model's attention layer).
         attack_label: shown in the column header, e.g. "PGD-20, eps=0.3".
+        x_adv: adversarial images already made for ``images`` (e.g. by :func:`find_fooled`): shown
+            as they are, instead of attacking again (a random-start attack run twice may differ).
     """
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"gallery images must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
@@ -64,7 +70,7 @@ def gallery_figure(model, images: torch.Tensor, labels: torch.Tensor, attack, cl
     device = next(model.parameters()).device
     x, y = images.to(device).float(), labels.to(device).long()
     with eval_mode(model):
-        x_adv = attack_all(attack, model, x, y)
+        x_adv = attack_all(attack, model, x, y) if x_adv is None else x_adv.to(device).float()
         p_clean, p_adv = predict(model, x), predict(model, x_adv)
         pred_clean, pred_adv = p_clean.argmax(1), p_adv.argmax(1)
         size = x.shape[-2:]
@@ -112,22 +118,72 @@ def save_gallery(model, images, labels, attack, class_names=None, out="gallery.p
     return save_png(fig, out, metadata=meta, tight=False)
 
 
-def explain(run, attack: str = "pgd-20", n: int = 16, out="gallery.png", eps=None, device="cpu") -> Path:
+def find_fooled(model, attack, split, n: int, batch_size: int = 128):
+    """The first ``n`` examples of a data split that ``attack`` fools, scanning the split in order.
+
+    Fooled: classified correctly clean and wrongly after the attack. Returns ``(indices, images,
+    labels, x_adv, scanned)``: split indices (a list, maybe shorter than ``n`` when the split runs
+    out), their clean images, labels and adversarial images, and how many examples were scanned.
+    """
+    device = next(model.parameters()).device
+    total = len(split.labels)
+    idx, xs, ys, advs, scanned = [], [], [], [], 0
+    chunk = min(batch_size, max(2 * int(n), 32))  # small galleries of a strong attack stop after one chunk
+    with eval_mode(model):
+        while scanned < total and len(idx) < n:
+            x, y = first_examples(split, chunk, start=scanned)
+            x, y = x.to(device), y.to(device)
+            adv = attack_all(attack, model, x, y)
+            fooled = (predict(model, x).argmax(1) == y) & (predict(model, adv).argmax(1) != y)
+            keep = fooled.nonzero().flatten()[: n - len(idx)].cpu()
+            idx += (keep + scanned).tolist()
+            xs.append(x.cpu()[keep])
+            ys.append(y.cpu()[keep])
+            advs.append(adv.cpu()[keep])
+            scanned += len(y)
+    if not xs:  # an empty split
+        return [], None, None, None, 0
+    return idx, torch.cat(xs), torch.cat(ys), torch.cat(advs), scanned
+
+
+def explain(run, attack: str = "pgd-20", n: int = 16, out="gallery.png", eps=None, device="cpu", *,
+            only_fooled: bool = False) -> Path:
     """Gallery of the first ``n`` test images of a run directory, attacked with ``attack`` at ``eps``.
 
     ``run`` is a run directory or a :class:`~attnguard.rundir.RunDir`; the model is the checkpoint its
     config's ``eval.checkpoint`` names (default best). ``eps`` defaults to the run's ``eval.eps``, else
-    its training radius (``adversary.eps``). Returns the PNG path.
+    its training radius (``adversary.eps``); it is range-checked as ``attnguard eval`` does. With
+    ``only_fooled``, the rows are the first ``n`` test images the attack fooled (clean correct,
+    adversarial wrong; fewer if the split has fewer). Writes the PNG and, beside it, a ``.json`` with
+    the test-split indices shown and their predictions. Returns the PNG path.
     """
+    from ..evaluation.blocks import check_eps
+
     run = RunDir.of(run)
     if int(n) < 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"n must be >= 1, got {n}")
+    eps = check_eps(run.eps if eps is None else parse_eps(eps))
     model = run.model(device)
-    eps = run.eps if eps is None else parse_eps(eps)
-    data = load_test_data(run, n)
     atk = make_attack(attack, eps, seed=run.seed, num_classes=model.num_classes, device=device)
-    label = f"{attack_name(attack).upper()}, ε={eps:.4g}"
+    x_adv = None
+    if only_fooled:
+        ds = run.load_dataset()  # scanned in chunks: the whole split as floats could be large
+        names = getattr(ds.info, "class_names", None) or [str(i) for i in range(ds.info.num_classes)]
+        indices, images, labels, x_adv, scanned = find_fooled(model, atk, ds.test, int(n))
+        if not indices:
+            raise ConfigError(f"{attack_name(attack)} at eps {eps:.4g} fooled none of the {scanned} test examples; "
+                              "there is nothing to show with --only-fooled")
+    else:
+        data = load_test_data(run, n)
+        names, images, labels, scanned = data.class_names, data.images, data.labels, len(data.labels)
+        indices = list(range(len(labels)))
+    label = f"{attack_name(attack).upper()}, ε={eps:.4g}" + (", fooled examples only" if only_fooled else "")
     title = f"{run.name} · {getattr(model, 'arch', type(model).__name__)}"
-    return save_gallery(model, data.images, data.labels, atk, data.class_names, out, attack_label=label, title=title)
+    fig, info = gallery_figure(model, images, labels, atk, names, attack_label=label, title=title,
+                               x_adv=x_adv)
+    path = save_png(fig, out, metadata={"Title": "attnguard gallery", "Description": f"rows={len(indices)}"},
+                    tight=False)
+    record = {"run": str(run), "attack": attack_name(attack), "eps": eps, "only_fooled": only_fooled,
+              "requested": int(n), "shown": len(indices), "scanned": scanned, "indices": indices, **info}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    return path

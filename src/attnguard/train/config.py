@@ -21,6 +21,7 @@ from ..data import DATASETS
 from ..defenses.config import AdversaryConfig, DefenseConfig, normalize_defense_section
 from ..errors import ConfigError, check_range
 from ..models import MODELS
+from ..utils.numbers import is_fraction, parse_number
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
@@ -34,9 +35,14 @@ class DataConfig:
     root: Optional[str] = None
     download: bool = False
     val_size: int = 500  # held-out training examples for the per-epoch robust validation
+    # train on the first N training examples only (None: all); taken before the validation hold-out,
+    # so every seed sees the same N examples (a CPU-sized protocol on a large dataset, configs/cpu/)
+    train_size: Optional[int] = None
 
     def __post_init__(self):
         check_range("data.val_size", self.val_size, 0, integer=True)
+        if self.train_size is not None:
+            check_range("data.train_size", self.train_size, 2, integer=True)
 
 
 @dataclass
@@ -215,6 +221,8 @@ def _check_type(path: str, value, tp):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if tp in (int, float) and is_fraction(value):
+        value = parse_number(value, path)  # eps: 8/255 in a YAML file or --set; 8/0 is one ConfigError line
     if tp in (int, float) and isinstance(value, str):
         # PyYAML (YAML 1.1) reads 1e-3, unlike 1.0e-3, as a string
         try:
