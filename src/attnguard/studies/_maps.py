@@ -93,8 +93,12 @@ def panel_grid(cells: Sequence[Sequence[Optional[dict]]], row_labels: Sequence[s
     ``[(first_col, last_col, text)]`` headers above the column labels (e.g. one per model).
     """
     n_rows, n_cols = len(cells), max(len(r) for r in cells)
-    sub_lines = subtitle.count("\n") + 1 if subtitle else 0
-    header_h = 0.45 + 0.2 * sub_lines + 0.35 + (0.3 if groups else 0.0)
+    lines = lambda texts: max([t.count("\n") + 1 for t in texts] or [0])  # noqa: E731
+    # the header, top-down in inches: title, subtitle, group headers, column labels, then the panel titles
+    sub_top = 0.45
+    group_top = sub_top + (0.2 * lines([subtitle]) + 0.12 if subtitle else 0.0)
+    label_top = group_top + (0.18 * lines([g[2] for g in groups]) + 0.1 if groups else 0.0)
+    header_h = label_top + 0.17 * lines(list(col_labels)) + 0.08
     footer_h = 0.2 + 0.16 * (caption.count("\n") + 1)
     width = LABEL_W + n_cols * PANEL_W + 0.2
     height = header_h + n_rows * ROW_H + footer_h
@@ -102,11 +106,10 @@ def panel_grid(cells: Sequence[Sequence[Optional[dict]]], row_labels: Sequence[s
     grid = fig.add_gridspec(n_rows, n_cols, left=LABEL_W / width, right=1 - 0.2 / width,
                             top=1 - (header_h + TITLE_H) / height, bottom=footer_h / height, wspace=0.06,
                             hspace=TITLE_H / (ROW_H - TITLE_H) + 0.05)
-    top = 1 - 0.1 / height
-    fig.text(0.5, top, title, ha="center", va="top", fontsize=11.5, fontweight="bold")
+    at = lambda inches: 1 - inches / height  # noqa: E731
+    fig.text(0.5, at(0.1), title, ha="center", va="top", fontsize=11.5, fontweight="bold")
     if subtitle:
-        fig.text(0.5, top - 0.32 / height, subtitle, ha="center", va="top", fontsize=9, color="#444444",
-                 linespacing=1.3)
+        fig.text(0.5, at(sub_top), subtitle, ha="center", va="top", fontsize=9, color="#444444", linespacing=1.3)
     boxes = {}
     for r in range(n_rows):
         for c in range(n_cols):
@@ -121,14 +124,13 @@ def panel_grid(cells: Sequence[Sequence[Optional[dict]]], row_labels: Sequence[s
         box = boxes[r, 0]
         fig.text(box.x0 - 0.08 / width, (box.y0 + box.y1) / 2, row_labels[r], ha="right", va="center", fontsize=8,
                  color="#222222", linespacing=1.25)
-    label_y = boxes[0, 0].y1 + (TITLE_H + 0.06) / height
     for c, text in enumerate(col_labels[:n_cols]):
         b = boxes[0, c]
-        fig.text((b.x0 + b.x1) / 2, label_y, text, ha="center", va="bottom", fontsize=8.5, fontweight="bold",
+        fig.text((b.x0 + b.x1) / 2, at(label_top), text, ha="center", va="top", fontsize=8.5, fontweight="bold",
                  color="#333333", linespacing=1.2)
     for first, last, text in groups or []:
         x = (boxes[0, first].x0 + boxes[0, last].x1) / 2
-        fig.text(x, label_y + 0.34 / height, text, ha="center", va="bottom", fontsize=9, fontweight="bold",
-                 color="#1f3b73")
+        fig.text(x, at(group_top), text, ha="center", va="top", fontsize=9, fontweight="bold", color="#1f3b73",
+                 linespacing=1.2)
     fig.text(0.5, 0.08 / height, caption, ha="center", va="bottom", fontsize=7.5, color="#555555", linespacing=1.4)
     return save_png(fig, out, metadata={"Title": title}, tight=True)
