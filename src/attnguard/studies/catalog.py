@@ -3,3 +3,4 @@
 from . import evolution  # noqa: F401  (AAD Fig. 6)
 from . import attack_rounds  # noqa: F401  (AAD Fig. 2, 12)
 from . import ablation_maps  # noqa: F401  (AAD Fig. 9)
+from . import defense_maps  # noqa: F401  (AAD Fig. 10-11)
