@@ -12,7 +12,8 @@ A term below 1e-3 at its default weight is inert: the defense would train as its
 
 Measured on this fixture (CPU, torch 2.x): aad rectification 3.5e-3, aad preservation 2.5e-3,
 at 0.13, afm matching 2.9e-5 (inert: AFM eq. 3-4 as written, see ``defenses/afm.py``), afm norm
-decay 7.8e-4, afm-cam matching 1.1, afm-cam norm decay 0.09. ``pytest -s`` prints them.
+decay 7.8e-4, afm-cam matching 1.1, afm-cam norm decay 0.09, fm-single (raw features of the attention
+layer) 0.94, fm-multi (both conv blocks) 1.3. ``pytest -s`` prints them.
 """
 
 from pathlib import Path
@@ -39,6 +40,8 @@ TERMS = [
     ("afm norm decay", "afm", ("afm", "lambda2"), "afm_norm"),
     ("afm-cam matching", "afm-cam", ("afm-cam", "lambda1"), "afm_cam"),
     ("afm-cam norm decay", "afm-cam", ("afm-cam", "lambda2"), "afm_cam_norm"),
+    ("fm-single matching", "fm-single", ("fm-single", "lambda1"), "fm_single"),
+    ("fm-multi matching", "fm-multi", ("fm-multi", "lambda1"), "fm_multi"),
 ]
 # AFM as the paper writes it (phi = Grad-CAM, 1/(h w) of Zhou et al.'s CAM) is documented as inert on
 # this model (defenses/afm.py, the deviations table): its terms must stay where they were measured.

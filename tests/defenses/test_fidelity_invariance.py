@@ -35,6 +35,8 @@ ZERO = {
     "at": {"beta": 0.0},
     "afm": {"lambda1": 0.0, "lambda2": 0.0},
     "afm-cam": {"lambda1": 0.0, "lambda2": 0.0},
+    "fm-single": {"lambda1": 0.0},
+    "fm-multi": {"lambda1": 0.0},
 }
 REGS = [n for n in ZERO if n in REGULARIZERS.names()]
 ADV = AdversaryConfig(eps=8 / 255, step_size=4 / 255, steps=2)
@@ -190,7 +192,7 @@ class _CountingWrapper(nn.Module):
         return self.module(x)
 
 
-@pytest.mark.parametrize("preset,main", [("madry+aad", 4), ("madry+at", 4), ("madry+afm", 4),
+@pytest.mark.parametrize("preset,main", [("madry+aad", 4), ("madry+at", 4), ("madry+afm", 4), ("madry+fm-multi", 4),
                                          ("alp+aad", 8), ("trades+at", 8), ("alp", 8)])
 def test_the_main_pass_is_the_base_own(models, preset, main):
     """One forward through the wrapper per step: madry's adversarial batch alone, alp/trades' fused one."""

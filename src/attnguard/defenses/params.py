@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import Field, dataclass, fields
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 from ..errors import ConfigError, check_range
 
@@ -43,6 +43,24 @@ def check_classification_loss(name: str, value) -> str:
     if value not in CLASSIFICATION_LOSSES:
         raise ConfigError(f"{name} must be one of {', '.join(CLASSIFICATION_LOSSES)}, got {value!r}")
     return value
+
+
+def check_layer_name(name: str, value) -> Optional[str]:
+    """A layer's dotted name, or None (the part's default layer, known once the model is)."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{name} must be a layer name of the model (e.g. net.block2) or null, got {value!r}")
+    return None if value is None else value.strip()
+
+
+def check_layer_names(name: str, value) -> Optional[List[str]]:
+    """A list of dotted layer names (a list, or one string with commas), or None (the part's default layers)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{name} must be a list of layer names of the model or null, got {value!r}")
+    return [check_layer_name(name, v) for v in value]
 
 
 def yaml_key(f: Field) -> str:
@@ -94,5 +112,11 @@ def params_from_dict(cls, data: Optional[dict], path: str):
 
 
 def params_to_dict(params) -> dict:
-    """The section as YAML writes it: ``{yaml key: value}`` in field order."""
-    return {yaml_key(f): getattr(params, f.name) for f in fields(params)}
+    """The section as YAML writes it: ``{yaml key: value}`` in field order.
+
+    A field with ``metadata={"omit_none": True}`` is left out while it is None (its default: e.g.
+    ``defense.afm.layer``, the model's attention layer), so config.yaml files written before the
+    field existed read back equal and a run that sets it records it.
+    """
+    return {yaml_key(f): getattr(params, f.name) for f in fields(params)
+            if not (f.metadata.get("omit_none") and getattr(params, f.name) is None)}

@@ -1,9 +1,9 @@
 """Defense names: presets as the papers name them, and ``base+regularizer[+regularizer]`` spellings.
 
 Any order parses (``aad+alp`` = ``alp+aad``). Without a base, the base is the one the regularizers
-name as their ``default_base``: ``madry`` for most, ``alp`` for ``afm`` and ``afm-cam`` (AFM eq. 6
-builds on ALP, eq. 2). ``at`` alone is AT+ALP's "Our AT" (PGD-AT + attention pairing); ``at+alp``
-is their AT+ALP.
+name as their ``default_base``: ``madry`` for most, ``alp`` for ``afm``, ``afm-cam``, ``fm-single`` and
+``fm-multi`` (AFM eq. 6 builds on ALP, eq. 2). ``at`` alone is AT+ALP's "Our AT" (PGD-AT + attention
+pairing); ``at+alp`` is their AT+ALP.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ PRESETS: Dict[str, str] = {
     "at+alp": "ALP + attention-map pairing (AT+ALP, Li, Goodman et al. 2022)",
     "afm": "ALP + CAM feature matching and norm decay (AFM eq. 6, Li, Feng et al. 2020)",
     "afm-cam": "AFM on the CAM at Zhou et al.'s scale (h*w x Grad-CAM; AFM as written is inert on MNIST LeNet)",
+    "fm-single": "ALP + raw feature matching at the last conv layer (AFM Fig. 7 (c), the paper's rejected variant)",
+    "fm-multi": "ALP + raw feature matching summed over the group layers (AFM Fig. 7 (b), the paper's rejected variant)",
     "trades": "TRADES: clean CE + beta KL to PGD-KL examples (Zhang et al. 2019)",
     "trades+aad": "TRADES + AAD attention rectification and preservation",
     "stepll-at": "StepLL adversarial training, mixed clean/adversarial batches (Kurakin et al. 2017; AAD Fig. 11)",

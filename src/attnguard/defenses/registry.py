@@ -16,6 +16,7 @@ from .afm_cam import AFMCAM
 from .alp import ALP
 from .at import AT
 from .ensemble_at import EnsembleAT
+from .feature_match import FMMulti, FMSingle
 from .madry import Madry
 from .standard import Standard
 from .stepll_at import StepLLAT
@@ -35,3 +36,5 @@ REGULARIZERS.add("at", AT, "activation attention-map pairing over the group laye
 REGULARIZERS.add("afm", AFM, "true-class CAM feature matching + norm decay (AFM eq. 3-6)")
 REGULARIZERS.add("afm-cam", AFMCAM,
                  "AFM eq. 3-6 on the CAM at Zhou et al.'s scale (h*w x Grad-CAM): acts where afm is inert")
+REGULARIZERS.add("fm-single", FMSingle, "raw feature-map matching at one layer, AFM eq. 4 on A (AFM Fig. 7c)")
+REGULARIZERS.add("fm-multi", FMMulti, "raw feature-map matching summed over several layers, AFM eq. 4 (AFM Fig. 7b)")
