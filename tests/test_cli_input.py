@@ -216,6 +216,7 @@ def test_parser_and_package_import_no_torch():
     import attnguard  # the lazy names still resolve
 
     assert callable(attnguard.create_model) and attnguard.attacks.__name__ == "attnguard.attacks"
+    assert attnguard.models.create_model is attnguard.create_model  # any subpackage, as before
     assert {"create_model", "load_model", "evaluate", "MODELS"} <= set(dir(attnguard))
     with pytest.raises(AttributeError):
         attnguard.no_such_name

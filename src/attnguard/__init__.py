@@ -11,6 +11,7 @@ torch`` alone takes seconds, and ``attnguard --help`` or ``attnguard list`` must
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,9 @@ __all__ = ["__version__", "AttnGuardError", "CheckpointError", "ConfigError", "D
 
 def __getattr__(name: str):
     if name not in _LAZY:
+        # any other subpackage (attnguard.models, attnguard.train, ...) loads on first use, as an import would
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'attnguard' has no attribute {name!r}")
     module, attr = _LAZY[name]
     mod = importlib.import_module(module, __name__)
