@@ -107,7 +107,8 @@ def parse_grid(specs: Optional[Sequence[str]]) -> List[Axis]:
             raise ConfigError(f"--grid expects KEY=V1,V2,... (e.g. defense.aad.alpha=0,0.01), got {spec!r}")
         key = canonical_key(key)
         if key in RESERVED:
-            raise ConfigError(f"--grid {key}: the sweep sets {key} itself (use --seeds for seeds, --out for the folder)")
+            raise ConfigError(f"--grid {key}: the sweep sets {key} itself (use --seeds for seeds, --out for the "
+                              "folder)")
         if any(a.key == key for a in axes):
             raise ConfigError(f"--grid {key} is given twice; list all its values in one --grid")
         texts = split_values(raw)
