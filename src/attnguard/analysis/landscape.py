@@ -39,6 +39,9 @@ def _landscape(model, x: torch.Tensor, y: torch.Tensor, span: float, steps: int,
     return coords.cpu().numpy(), z.cpu().numpy(), float(loss.detach())
 
 
+loss_grid = _landscape  # the grid without a figure, for figures of several models (studies/loss_surface.py)
+
+
 @styled
 def loss_landscape(model, x: torch.Tensor, y, span: float = 0.1, steps: int = 21, *, seed: int = 0,
                    kind: str = "surface", out="loss_landscape.png", title: Optional[str] = None,

@@ -155,7 +155,7 @@ class AFM(Regularizer):
         return 1.0
 
     def features(self, ctx) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(phi(x), phi(x_adv))``, each ``[B, h, w]``: the true-class Grad-CAMs of the matched layer times :meth:`cam_scale`.
+        """``(phi(x), phi(x_adv))``, each ``[B, h, w]``: the matched layer's true-class Grad-CAMs x :meth:`cam_scale`.
 
         ReLU is positively homogeneous, so scaling the map equals scaling the Grad-CAM weights.
         """

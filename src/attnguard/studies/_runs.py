@@ -1,0 +1,38 @@
+"""What the studies that set several runs side by side share: opening them on one dataset, and their labels."""
+
+from __future__ import annotations
+
+from typing import List
+
+from ..errors import ConfigError
+from ..rundir import RunDir
+
+
+def runs_on_one_dataset(ctx) -> List[RunDir]:
+    """The study's runs, opened; runs on different datasets are a one-line :class:`ConfigError`
+    (the panels compare the models on the same test examples)."""
+    runs = [RunDir(r) for r in ctx.runs]
+    datasets = {r.dataset for r in runs}
+    if len(datasets) > 1:
+        listed = ", ".join(f"{r.name}: {r.dataset}" for r in runs)
+        raise ConfigError(f"study '{ctx.name}' compares models on the same test examples; the runs are on "
+                          f"different datasets ({listed})")
+    return runs
+
+
+def run_label(run: RunDir) -> str:
+    """``name (defense)``, the defense as the run's config names it (``defense.preset``); the name alone if equal."""
+    preset = run.get("defense.preset")
+    return f"{run.name} ({preset})" if preset and preset != run.name else run.name
+
+
+def items_option(ctx, key: str) -> List[str]:
+    """A list option as strings: a list, one comma-separated string, or one number (``--set`` reads ``3`` as 3)."""
+    value = ctx.options[key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [int(value) if float(value).is_integer() else value]
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    items = [str(v).strip() for v in items if str(v).strip()]
+    if not items:
+        raise ConfigError(f"study '{ctx.name}': option {key} must name at least one item, got {value!r}")
+    return items
