@@ -162,7 +162,7 @@ def test_tables_show_the_breakdown_and_old_results_still_render():
 
     r = breakdown_result()
     md = to_markdown(r)
-    assert "| autoattack, after apgd-ce | 70.00 | 1.0 |" in md and "| autoattack, after square | 50.00 | 3.0 |" in md
+    assert "| autoattack, after apgd-ce | 70.00 | 10 | 1.0 |" in md and "| autoattack, after square | 50.00 | 10 | 3.0 |" in md
     assert md.index("| autoattack |") < md.index("after apgd-ce") < md.index("after fab-t") < md.index("worst case")
     console = Console(width=200, record=True)
     console.print(format_table(r))
@@ -197,10 +197,11 @@ def test_html_report_rows_for_the_breakdown():
 
     old = {k: v for k, v in breakdown_result(0.4).items() if k != "autoattack_components"}
     rows = eval_rows([breakdown_result(), old])
-    labels = [label for label, _, _ in rows]
+    labels = [label for label, _, _, _ in rows]
     assert labels == ["clean", "pgd-20", "autoattack", "autoattack, after apgd-ce", "autoattack, after apgd-t",
                       "autoattack, after fab-t", "autoattack, after square", "worst case"]
     assert rows[3][1] == [0.7, None] and rows[6][1] == [0.5, None]  # the old run has no breakdown: a dash
+    assert rows[3][3] == [10, None] and rows[-1][3] == [10, 10]  # n per value
     html = eval_table(["new", "old"], [breakdown_result(), old])
     assert ">autoattack, after fab-t<" in html and "60.0%" in html
     assert "after" not in eval_table(["old"], [old])

@@ -327,8 +327,8 @@ def test_write_eval_and_format_table(tmp_path):
     loaded = json.loads(json_path.read_text())
     assert set(loaded) >= KEYS and loaded["attacks"] == r["attacks"] and loaded["worst_case"] == r["worst_case"]
     md = md_path.read_text()
-    assert "| attack | accuracy (%) | seconds |" in md
-    assert "| flip-a | 50.00 |" in md and "**37.50**" in md and "**warn** demo: 3 of 8" in md
+    assert "| attack | accuracy (%) | n | seconds |" in md
+    assert "| flip-a | 50.00 | 8 |" in md and "**37.50** | 8 |" in md and "**warn** demo: 3 of 8" in md
     j2, m2 = write_eval(r, tmp_path / "named.json")
     assert j2 == tmp_path / "named.json" and m2 == tmp_path / "named.md" and m2.is_file()
 
@@ -395,7 +395,7 @@ def test_run_eval_errors(tmp_path, trained):
     with pytest.raises(AttnGuardError, match="no such run directory"):
         run_eval(tmp_path / "missing", ["fgsm"])
     export_safetensors(trained, tmp_path / "w.safetensors")
-    with pytest.raises(ConfigError, match="run config"):
+    with pytest.raises(ConfigError, match="run config|--dataset"):
         run_eval(tmp_path / "w.safetensors", ["fgsm"])
     run = _fake_run(tmp_path, trained)
     with pytest.raises(ConfigError, match="n_examples"):

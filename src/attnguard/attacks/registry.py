@@ -14,7 +14,7 @@ and a broken optional attack cannot break the others.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import AttnGuardError, ConfigError, UnknownNameError
@@ -24,6 +24,11 @@ DEFAULT_TRANSFER_ATTACK = "pgd-20"
 
 # Named regex groups that hold counts, and how error messages call them.
 NUMBER_GROUPS = {"steps": "K (steps)", "restarts": "R (restarts)", "queries": "Q (queries)"}
+
+# An evaluation may run an attack on a prefix of its examples: ``autoattack@300``. The tail after
+# the last "@" holds no path characters, so a transfer source such as ``transfer:runs/a@b/run``
+# keeps its "@".
+SUBSET_SUFFIX = re.compile(r"(?P<name>.+)@(?P<n>[^@/:\\]*)")
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,15 @@ class AttackSpec:
     family: str
     params: Dict[str, Any] = field(default_factory=dict)
     uses_gradients: bool = True
+    subset: Optional[int] = None  # ``name@N``: an evaluation runs it on its first N examples only
 
     @property
     def black_box(self) -> bool:
         """The attack never reads the target model's gradients (Square, RayS, transfer)."""
         return not self.uses_gradients
+
+    def without_subset(self) -> "AttackSpec":
+        return replace(self, subset=None)
 
 
 def _whole(name: str, text: str, what: str, example: str) -> int:
@@ -106,11 +115,28 @@ def attack_families(**facts) -> List[str]:
     return [e.name for e in ATTACKS.entries() if all(e.meta.get(k) == v for k, v in facts.items())]
 
 
+def split_subset(name: str) -> Tuple[str, Optional[int]]:
+    """``("autoattack", 300)`` from ``"autoattack@300"``; ``(name, None)`` without a suffix.
+
+    The one place the ``@N`` suffix is read (an evaluation runs such an attack on its first N
+    examples); a suffix that is not a whole number >= 1 is a ConfigError.
+    """
+    m = SUBSET_SUFFIX.fullmatch(name.strip())
+    if m is None:
+        return name.strip(), None
+    return m["name"].strip(), _whole(name, m["n"].strip(), "N (the first N examples)", "autoattack@300")
+
+
 def parse_attack(name: str) -> AttackSpec:
-    """The family and settings of an attack name; see :data:`ATTACKS` for the patterns."""
+    """The family and settings of an attack name; see :data:`ATTACKS` for the patterns.
+
+    A suffix ``@N`` (``autoattack@300``) sets ``spec.subset``; ``spec.name`` is the name without it.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ATTACKS.unknown(str(name))
-    name = name.strip()
+    name, subset = split_subset(name)
+    if subset is not None:
+        return replace(parse_attack(name), subset=subset)
     for entry in ATTACKS.entries():
         defaults = entry.meta["default_options"]
         hit = entry.meta["parse"](name, defaults)
@@ -194,6 +220,9 @@ def build_attack(name: str, eps: float, *, seed: Optional[int] = 0, num_classes:
     uses as its label.
     """
     spec = name if isinstance(name, AttackSpec) else parse_attack(name)
+    if spec.subset is not None:
+        raise ConfigError(f"attack '{spec.name}@{spec.subset}': '@N' (run on the first N examples) belongs in an "
+                          f"evaluation's attack list (attnguard eval --attacks, eval.attacks), not here")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ConfigError(f"eps must be a number >= 0, got {eps!r}")
     if norm not in ("linf", "l2"):
@@ -320,4 +349,5 @@ ATTACKS.add("transfer:PATH", _transfer, "transfer from a source model: transfer:
             default_options={"base": DEFAULT_TRANSFER_ATTACK})
 
 
-__all__ = ["ATTACKS", "AttackRegistry", "AttackSpec", "parse_attack", "build_attack", "attack_families", "spec_of"]
+__all__ = ["ATTACKS", "AttackRegistry", "AttackSpec", "parse_attack", "split_subset", "build_attack", "attack_families",
+           "spec_of"]

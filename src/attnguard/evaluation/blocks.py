@@ -11,6 +11,7 @@ the per-example minimum over attacks, not the best single attack).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,10 +27,12 @@ BALL_TOL = 1e-5  # float slack when checking that an attack stayed in the eps-ba
 
 @dataclass
 class PerExample:
-    """Per-example correctness (CPU bool tensors ``[N]``) behind an evaluation's numbers.
+    """Per-example correctness (CPU bool tensors) behind an evaluation's numbers.
 
-    ``attacks[name][i]`` is True when example ``i`` is classified correctly clean *and* after
-    the attack. ``black_box[name]`` says whether the attack never reads the model's gradients.
+    ``clean`` is ``[N]``. ``attacks[name][i]`` is True when example ``i`` is classified correctly
+    clean *and* after the attack; it has ``N_a <= N`` entries, fewer for an attack run on the first
+    ``N_a`` examples only (``autoattack@300``). ``black_box[name]`` says whether the attack never
+    reads the model's gradients.
     """
 
     clean: torch.Tensor
@@ -43,11 +46,17 @@ class PerExample:
     component_seconds: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
+    def n_worst(self) -> int:
+        """The examples every attack ran on: the first ``min N_a`` (``N`` without attacks)."""
+        return min([int(self.clean.numel())] + [int(ok.numel()) for ok in self.attacks.values()])
+
+    @property
     def robust(self) -> torch.Tensor:
-        """Correct clean and under every attack."""
-        out = self.clean.clone()
+        """Correct clean and under every attack, on the first :attr:`n_worst` examples."""
+        n = self.n_worst
+        out = self.clean[:n].clone()
         for ok in self.attacks.values():
-            out &= ok
+            out &= ok[:n]
         return out
 
 
@@ -125,15 +134,23 @@ def is_black_box(attack) -> bool:
 
 
 def resolve_attacks(attacks, eps: float, *, norm: str, seed: int, num_classes: int, device) -> List[tuple]:
-    """``[(label, attack object)]`` from names and/or attack objects; duplicate labels are refused."""
-    from ..attacks.registry import build_attack
+    """``[(label, attack object, N or None)]`` from names and/or attack objects; duplicate labels are refused.
+
+    ``N`` comes from a name's ``@N`` suffix (``autoattack@300``, parsed by
+    :func:`~attnguard.attacks.registry.parse_attack`): the attack runs on the first N examples only.
+    """
+    from ..attacks.registry import build_attack, parse_attack
 
     if isinstance(attacks, str) or callable(attacks):
         attacks = [attacks]
     out, seen = [], set()
     for a in attacks:
+        subset = None
         if isinstance(a, str):
-            obj = build_attack(a, eps, seed=seed, num_classes=num_classes, norm=norm, device=device)
+            spec = parse_attack(a)
+            subset = spec.subset
+            obj = build_attack(spec.without_subset(), eps, seed=seed, num_classes=num_classes, norm=norm,
+                               device=device)
             label = obj.registry_name
         elif callable(a):
             obj = a
@@ -149,7 +166,7 @@ def resolve_attacks(attacks, eps: float, *, norm: str, seed: int, num_classes: i
         if label in seen:
             raise ConfigError(f"attack '{label}' is listed twice (give objects distinct registry_name)")
         seen.add(label)
-        out.append((label, obj))
+        out.append((label, obj, subset))
     return out
 
 
@@ -173,10 +190,15 @@ def _sync(device) -> None:
 
 def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, *, norm: str, batch_size: int,
                    device, progress: bool = False, desc: str = "eval") -> PerExample:
-    """Clean and per-attack correctness of every example (model already in eval mode, on ``device``)."""
+    """Clean and per-attack correctness of every example (model already in eval mode, on ``device``).
+
+    ``attacks`` holds ``(label, attack)`` or ``(label, attack, N)``: with ``N`` the attack runs on the
+    first ``N`` examples only (all of them when ``N`` is None or at least their number).
+    """
     n = images.shape[0]
-    clean, per = [], {label: [] for label, _ in attacks}
-    seconds = {label: 0.0 for label, _ in attacks}
+    attacks = [(a[0], a[1], min(n, a[2]) if len(a) > 2 and a[2] is not None else n) for a in attacks]
+    clean, per = [], {label: [] for label, _, _ in attacks}
+    seconds = {label: 0.0 for label, _, _ in attacks}
     parts: Dict[str, Dict[str, list]] = {}
     part_seconds: Dict[str, Dict[str, float]] = {}
     starts = range(0, n, batch_size)
@@ -184,7 +206,8 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(starts) * max(1, len(attacks)), desc=desc, unit="batch", leave=False)
+        ticks = sum(-(-stop // batch_size) for _, _, stop in attacks) or len(starts)
+        bar = tqdm(total=ticks, desc=desc, unit="batch", leave=False)
     try:
         for s in starts:
             x = images[s:s + batch_size].to(device, non_blocking=True)
@@ -192,17 +215,21 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
             with torch.no_grad():
                 ok = model(x).argmax(1) == y
             clean.append(ok.cpu())
-            for label, attack in attacks:
+            for label, attack, stop in attacks:
+                if stop <= s:
+                    continue
+                xa, ya, oka = (x, y, ok) if stop >= s + x.shape[0] else (x[:stop - s], y[:stop - s], ok[:stop - s])
                 _sync(device)
                 t0 = time.perf_counter()
-                x_adv = attack(model, x, y)
+                with _query_bar(attack, label, progress):
+                    x_adv = attack(model, xa, ya)
                 with torch.no_grad():
-                    adv_ok = model(x_adv).argmax(1) == y
+                    adv_ok = model(x_adv).argmax(1) == ya
                 _sync(device)
                 seconds[label] += time.perf_counter() - t0
-                _check_adv(label, x_adv, x, eps, norm)
-                per[label].append((ok & adv_ok).cpu())
-                _collect_components(label, attack, ok, parts, part_seconds)
+                _check_adv(label, x_adv, xa, eps, norm)
+                per[label].append((oka & adv_ok).cpu())
+                _collect_components(label, attack, oka, parts, part_seconds)
                 if bar is not None:
                     bar.update(1)
             if bar is not None and not attacks:
@@ -211,10 +238,40 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
         if bar is not None:
             bar.close()
     return PerExample(clean=torch.cat(clean), attacks={k: torch.cat(v) for k, v in per.items()}, seconds=seconds,
-                      black_box={label: is_black_box(a) for label, a in attacks},
-                      named={label: getattr(a, "registry_name", None) == label for label, a in attacks},
+                      black_box={label: is_black_box(a) for label, a, _ in attacks},
+                      named={label: getattr(a, "registry_name", None) == label for label, a, _ in attacks},
                       components={k: {c: torch.cat(m) for c, m in v.items()} for k, v in parts.items()},
                       component_seconds=part_seconds)
+
+
+@contextmanager
+def _query_bar(attack, label: str, progress: bool):
+    """While a black-box attack runs on one batch: a progress bar of the queries it has used, out of
+    its budget, fed by the attack's ``query_progress`` hook (Square, RayS, AutoAttack's Square).
+
+    Only with the evaluation's ``progress`` on and stderr a terminal (tqdm's ``disable=None``), so a
+    log file or CI gets no query lines; the attacks call the hook every few queries, not every one.
+    """
+    if not progress or not hasattr(attack, "query_progress"):
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(used: int, budget: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=budget, desc=f"{label} queries", unit="query", leave=False, disable=None)
+        bar.update(max(0, min(used, budget) - bar.n))
+
+    attack.query_progress = update
+    try:
+        yield
+    finally:
+        attack.query_progress = None
+        if bar is not None:
+            bar.close()
 
 
 def _collect_components(label: str, attack, ok: torch.Tensor, parts: dict, part_seconds: dict) -> None:

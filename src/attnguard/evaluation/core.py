@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..utils.modes import eval_mode
 from ..utils.precision import full_precision
 from .blocks import PerExample, _frac, attack_correct, check_eps, check_inputs, model_device, resolve_attacks
+from .results import worst_cases
 from .sanity import check_components_square, run_sanity
 
 
@@ -28,6 +29,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     Args:
         attacks: names (``build_attack``: ``fgsm``, ``pgd-20``, ``autoattack``...) and/or attack
             objects (``attack(model, x, y) -> x_adv``) whose eps and norm match the evaluation's.
+            A name may end in ``@N`` (``autoattack@300``): that attack runs on the first N examples.
         eps, norm: the threat model; named attacks are built with it, and every adversarial batch
             is checked to lie in the ball and in [0, 1].
         sanity: run the Carlini et al. (2019) checks of :mod:`attnguard.evaluation.sanity` on the
@@ -38,8 +40,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
 
     Returns:
         ``{"dataset", "model", "eps", "norm", "n_examples", "clean", "attacks": {name: acc},
-        "worst_case", "seconds": {name: s}, "sanity": [{"check", "status", "detail"}]}``, with
-        accuracies as fractions in [0, 1], plus ``"autoattack_components"`` (see
+        "n_per_attack": {name: n}, "worst_case", "n_worst", "worst_cases", "seconds": {name: s},
+        "sanity": [{"check", "status", "detail"}]}``, with accuracies as fractions in [0, 1].
+        ``worst_case`` is over every attack on the first ``n_worst`` examples (all of them unless an
+        attack ran on a subset); ``worst_cases`` lists it and, when attacks ran on different numbers
+        of examples, the worst case over the attacks that ran on more (see
+        :func:`~attnguard.evaluation.results.worst_cases`). Plus ``"autoattack_components"`` (see
         :func:`component_breakdown`) when an attack reports its components. The sanity list holds
         the AutoAttack Square check (:func:`~attnguard.evaluation.sanity.check_components_square`)
         even without ``sanity``. The model's train/eval flags are restored on return.
@@ -77,7 +83,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
         "n_examples": int(n),
         "clean": _frac(per.clean),
         "attacks": {k: _frac(v) for k, v in per.attacks.items()},
+        "n_per_attack": {k: int(v.numel()) for k, v in per.attacks.items()},
         "worst_case": _frac(per.robust),
+        "n_worst": per.n_worst,
+        "worst_cases": worst_cases(per.clean.tolist(), {k: v.tolist() for k, v in per.attacks.items()}),
         "seconds": {k: round(v, 4) for k, v in per.seconds.items()},
         "sanity": checks,
     }
@@ -91,7 +100,6 @@ def component_breakdown(per: PerExample) -> dict:
     attacks that report components (AutoAttack): the robust accuracy after each component, cumulative
     over the components run so far (the authors' ``robust accuracy after APGD-CE / APGD-T / ...``), so
     the last one is the attack's own column."""
-    n = int(per.clean.numel())
-    return {label: {"n_examples": n, "robust": {c: _frac(m) for c, m in comps.items()},
+    return {label: {"n_examples": int(per.attacks[label].numel()), "robust": {c: _frac(m) for c, m in comps.items()},
                     "seconds": {c: round(v, 4) for c, v in per.component_seconds.get(label, {}).items()}}
             for label, comps in per.components.items()}

@@ -21,22 +21,27 @@ ORDER = ["clean", "fgsm", "stepll", "pgd-7", "pgd-10", "pgd-20", "pgd-40", "pgd-
 def merge_evals(evals: Sequence[dict]) -> dict:
     """One evaluation from several of the same model (``eval.json`` first, then e.g. ``eval-aa.json``).
 
-    Each attack keeps its result on the most examples; clean accuracy and ``n_examples`` come from
-    the first file. The worst case is per example over every attack of every file, on the first
-    ``n_worst`` examples that they all covered (from their per-example outcomes; without them, the
-    lowest of the files' own worst cases). Sanity checks and timings are concatenated.
+    Each attack keeps its result on the most examples (``n`` says how many, per attack and for
+    ``clean``); clean accuracy and ``n_examples`` come from the first file. The worst case is per
+    example over every attack of every file, on the first ``n_worst`` examples that they all covered;
+    ``worst_cases`` adds the worst case over the attacks that covered more (see
+    :func:`~attnguard.evaluation.results.worst_cases`). Without per-example outcomes in every file:
+    the lowest of the files' own worst cases. Sanity checks and timings are concatenated.
     """
+    from ..evaluation.results import attack_n, worst_cases
+
     first = evals[0]
     attacks: Dict[str, float] = {}
     n_of: Dict[str, int] = {"clean": first["n_examples"]}
     seconds: Dict[str, float] = {}
     sanity: List[dict] = []
-    masks: List[str] = []
+    clean_masks: List[str] = []
+    masks: Dict[str, List[str]] = {}
     components: Dict[str, dict] = {}  # AutoAttack's per-component breakdown travels with its attack's result
     for e in evals:
         for name, a in e["attacks"].items():
-            if name not in attacks or e["n_examples"] > n_of[name]:
-                attacks[name], n_of[name] = a, e["n_examples"]
+            if name not in attacks or attack_n(e, name) > n_of[name]:
+                attacks[name], n_of[name] = a, attack_n(e, name)
                 if name in (e.get("seconds") or {}):
                     seconds[name] = e["seconds"][name]
                 breakdown = (e.get("autoattack_components") or {}).get(name)
@@ -47,19 +52,28 @@ def merge_evals(evals: Sequence[dict]) -> dict:
         sanity.extend(e.get("sanity") or [])
         per = e.get("per_example")
         if per:
-            masks.append(per["clean"])
-            masks.extend(per["attacks"].values())
-    if masks and all(e.get("per_example") for e in evals):
-        n_worst = min(len(m) for m in masks)
-        worst = sum(all(m[i] == "1" for m in masks) for i in range(n_worst)) / n_worst
+            clean_masks.append(per["clean"])
+            for name, m in per["attacks"].items():
+                masks.setdefault(name, []).append(m)
+    if clean_masks and all(e.get("per_example") for e in evals):
+        entries = worst_cases(_all_of(clean_masks), {k: _all_of(v) for k, v in masks.items()})
+        worst, n_worst = entries[0]["accuracy"], entries[0]["n_examples"]
     else:
-        worst, n_worst = min((e["worst_case"], e["n_examples"]) for e in evals)
-    out = {**first, "attacks": attacks, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+        worst, n_worst = min((e["worst_case"], e.get("n_worst") or e["n_examples"]) for e in evals)
+        entries = [{"n_examples": n_worst, "attacks": list(attacks), "accuracy": worst}]
+    out = {**first, "attacks": attacks, "n": n_of, "n_per_attack": {k: n_of[k] for k in attacks},
+           "worst_case": worst, "n_worst": n_worst, "worst_cases": entries,
            "seconds": seconds, "sanity": sanity, "system": next((e["system"] for e in evals if e.get("system")), None)}
     out.pop("autoattack_components", None)
     if components:
         out["autoattack_components"] = components
     return out
+
+
+def _all_of(bits: Sequence[str]) -> List[bool]:
+    """Per example, True where every one of ``bits`` (strings of '0'/'1', possibly of different
+    lengths: prefixes of the same examples) that covers it says '1'; as long as the longest."""
+    return [all(b[i] == "1" for b in bits if len(b) > i) for i in range(max(len(b) for b in bits))]
 
 
 def run_summary(run) -> dict:
@@ -79,6 +93,7 @@ def run_summary(run) -> dict:
     return {"run": str(run), "dataset": run.get("data.name"), "model": run.get("model.name"),
             "defense": run.get("defense.preset"), "eps": run.get("adversary.eps"),
             "seed": run.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
+            "worst_cases": merged["worst_cases"],
             "train_seconds": seconds, "system": system,
             "train_system": train_info.get("system")}
 
@@ -104,6 +119,21 @@ def _cell(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _n_text(members: Sequence[dict], wide: bool) -> str:
+    """The row's examples: clean's n, then each column (attack, worst case) that ran on another n."""
+    def one(values) -> str:
+        return "/".join(str(v) for v in sorted(set(values)))  # seeds that disagree show every value
+
+    base = one(m["n"]["clean"] for m in members)
+    names = [k for k in dict.fromkeys(k for m in members for k in m["n"]) if k != "clean"]
+    odd = [(k, one(m["n"][k] for m in members if k in m["n"])) for k in names]
+    odd.append(("worst case", one(m["n_worst"] for m in members)))
+    if wide:
+        odd.append(("second worst case", one(m["worst_cases"][-1]["n_examples"] for m in members)))
+    odd = [f"{k} {v}" for k, v in odd if v != base]
+    return base + (f" ({'; '.join(odd)})" if odd else "")
+
+
 def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = None) -> str:
     """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds.
 
@@ -118,21 +148,30 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
         groups.setdefault(key, []).append(s)
     names = {n for s in summaries for n in s["acc"]}
     cols = [n for n in ORDER if n in names] + sorted(names - set(ORDER))
-    head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds"] + cols
-            + ["worst case", "train time (s, incl. validation)"])
+    # where attacks ran on different numbers of examples, a second worst case: over the attacks that
+    # ran on the most examples, on all of those
+    wide = any(len(s["worst_cases"]) > 1 for s in summaries)
+    head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds", "n (examples)"] + cols
+            + ["worst case"] + (["worst case (attacks run on the most examples)"] if wide else [])
+            + ["train time (s, incl. validation)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, members in groups.items():
         row = [_cell(v) for v in key] if group_by else [str(key[0]), str(key[1]), f"`{key[2]}`", f"{key[3]:.4g}"]
         row.append(str(len(members)))
+        row.append(_n_text(members, wide))
         row += [_ms([m["acc"].get(c) for m in members]) for c in cols]
         row.append(_ms([m["worst_case"] for m in members]))
+        if wide:
+            row.append(_ms([m["worst_cases"][-1]["accuracy"] for m in members]))
         row.append(_ms([m["train_seconds"] for m in members], scale=1.0))
         lines.append("| " + " | ".join(row) + " |")
     ns = sorted({f"{c}: {s['n'][c]}" for s in summaries for c in s["n"]})
     worst_n = " or ".join(str(n) for n in sorted({s["n_worst"] for s in summaries}))
     systems = sorted({json.dumps(s["system"], sort_keys=True) for s in summaries if s["system"]})
     notes = [f"Accuracy in % (mean ± sample std over seeds). Examples per column: {', '.join(ns)}; "
-             f"the worst case is per example over every attack, on the first {worst_n} test examples."]
+             f"the worst case is per example over every attack, on the first {worst_n} test examples"
+             + ("; the second worst case is over the attacks run on the most examples, on all of those"
+                if wide else "") + ". Column n: each row's examples (a column run on another number is named)."]
     from ..utils.machine import machine_line
 
     trained = sorted({json.dumps(s["train_system"], sort_keys=True) for s in summaries if s.get("train_system")})

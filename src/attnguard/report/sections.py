@@ -6,6 +6,7 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 from ..rundir import config_get
+from ..evaluation.results import attack_n
 from .html import badge, eps_text, esc, note, num, pct, table, tag
 
 
@@ -20,22 +21,61 @@ def _components(ev: Optional[dict], attack: str) -> dict:
     return robust if isinstance(robust, dict) else {}
 
 
+def _n(ev: Optional[dict], attack: Optional[str] = None, component: bool = False) -> Optional[int]:
+    """The examples behind a cell: the evaluation's, an attack's (``n_per_attack``, a merged ``n``), or
+    the examples of an attack's component breakdown; None where the run has no such number."""
+    if not ev or not isinstance(ev.get("n_examples"), int):
+        return None
+    if attack is None:
+        return ev["n_examples"]
+    if attack not in (ev.get("attacks") or {}):
+        return None
+    if component:
+        entry = (ev.get("autoattack_components") or {}).get(attack)
+        if isinstance(entry, dict) and isinstance(entry.get("n_examples"), int):
+            return entry["n_examples"]
+    return attack_n(ev, attack)
+
+
+def _worst(ev: Optional[dict], last: bool) -> tuple:
+    """``(accuracy, n)`` of a run's worst case over every attack (``last``: over the attacks run on the
+    most examples, the last of ``worst_cases``; the same as the first when every attack ran on all)."""
+    if not ev:
+        return None, None
+    entries = ev.get("worst_cases") or [{"accuracy": ev.get("worst_case"),
+                                         "n_examples": ev.get("n_worst") or ev.get("n_examples")}]
+    w = entries[-1] if last else entries[0]
+    return w.get("accuracy"), w.get("n_examples")
+
+
 def eval_rows(evals: Sequence[Optional[dict]]) -> List[tuple]:
-    """``[(row label, [value per run], is_total)]``: clean, every attack (first-seen order) followed by
-    its components where the evaluation recorded them (``autoattack, after apgd-ce``...), worst case."""
+    """``[(row label, [value per run], is_total, [n per run])]``: clean, every attack (first-seen order)
+    followed by its components where the evaluation recorded them (``autoattack, after apgd-ce``...),
+    the worst case over every attack and, when some run's attacks ran on different numbers of
+    examples, the worst case over the attacks run on the most examples. ``n``: the examples behind
+    each value (None where unknown)."""
     attacks: List[str] = []
     for ev in evals:
         for name in (ev or {}).get("attacks", {}) or {}:
             if name not in attacks:
                 attacks.append(name)
-    rows = [("clean", [(ev or {}).get("clean") for ev in evals], False)]
+    rows = [("clean", [(ev or {}).get("clean") for ev in evals], False, [_n(ev) for ev in evals])]
     for a in attacks:
-        rows.append((a, [((ev or {}).get("attacks") or {}).get(a) for ev in evals], False))
+        rows.append((a, [((ev or {}).get("attacks") or {}).get(a) for ev in evals], False,
+                     [_n(ev, a) for ev in evals]))
         parts: List[str] = []
         for ev in evals:
             parts += [c for c in _components(ev, a) if c not in parts]
-        rows += [(f"{a}, after {c}", [_components(ev, a).get(c) for ev in evals], False) for c in parts]
-    rows.append(("worst case", [(ev or {}).get("worst_case") for ev in evals], True))
+        rows += [(f"{a}, after {c}", [_components(ev, a).get(c) for ev in evals], False,
+                  [_n(ev, a, component=True) if c in _components(ev, a) else None for ev in evals]) for c in parts]
+    wide = any(len((ev or {}).get("worst_cases") or []) > 1 for ev in evals)
+    first = [_worst(ev, False) for ev in evals]
+    rows.append(("worst case (all attacks, on the examples they all ran on)" if wide else "worst case",
+                 [v for v, _ in first], True, [n for _, n in first]))
+    if wide:
+        last = [_worst(ev, True) for ev in evals]
+        rows.append(("worst case (the attacks run on the most examples)", [v for v, _ in last], True,
+                     [n for _, n in last]))
     return rows
 
 
@@ -44,13 +84,14 @@ def eval_table(names: Sequence[str], evals: Sequence[Optional[dict]]) -> str:
     if not any(evals):
         return note("No run has an eval.json yet (run `attnguard eval RUN`).")
     body = []
-    for label, values, total in eval_rows(evals):
+    for label, values, total, ns in eval_rows(evals):
         finite = [v for v in values if _finite(v)]
         best = max(finite) if len(finite) > 1 else None
         cells = [esc(label)]
-        for v in values:
+        for v, n in zip(values, ns):
             cls = "best" if best is not None and _finite(v) and v == best else None
-            cells.append((cls, pct(v)))
+            cells.append((cls, pct(v) + (tag("span", esc(f"n={n}"), class_="n") if n is not None and v is not None
+                                         else "")))
         body.append((total, cells))
     head = "".join(tag("th", esc(h), scope="col") for h in ["accuracy", *names])
     rows_html = []
