@@ -45,7 +45,7 @@ CRAFTED_ON = ("clean", "defended")
 TARGETS = ("predicted", "true")
 OK_COLOR, BAD_COLOR = "#1b7837", "#c51b7d"
 COLUMNS = ("original", "adversarial: clean model", "adversarial: defended model")
-PANEL_W, ROW_H, GROUP_H = 2.0, 2.25, 0.45
+PANEL_W, ROW_H, GROUP_H, HEAD_H = 2.2, 2.25, 0.4, 1.45
 
 
 def _choice(name: str, value, valid) -> str:
@@ -79,11 +79,11 @@ def _figure(groups: Dict[str, List[int]], x, x_adv, y, pred: Dict[str, torch.Ten
             names, title: str, subtitle: str):
     """Two row groups, (a) success and (b) failure; three panels per example."""
     rows = sum(max(1, len(v)) for v in groups.values())
-    height = 0.9 + len(groups) * GROUP_H + rows * ROW_H + 0.4
+    height = HEAD_H + len(groups) * GROUP_H + rows * ROW_H + 0.2
     fig = new_figure(3 * PANEL_W + 0.4, height)
     fig.text(0.5, 1 - 0.1 / height, title, ha="center", va="top", fontsize=11.5, fontweight="bold")
-    fig.text(0.5, 1 - 0.42 / height, subtitle, ha="center", va="top", fontsize=8.5, color="#555555")
-    top = 0.9
+    fig.text(0.5, 1 - 0.4 / height, subtitle, ha="center", va="top", fontsize=8.5, color="#555555", linespacing=1.3)
+    top = HEAD_H
     for label, idx in groups.items():
         fig.text(0.03, 1 - (top + 0.1) / height, label, ha="left", va="top", fontsize=10, fontweight="bold")
         top += GROUP_H
@@ -106,8 +106,8 @@ def _figure(groups: Dict[str, List[int]], x, x_adv, y, pred: Dict[str, torch.Ten
                 _panel(ax, img, cam, text, color)
             top += ROW_H
     for col, text in enumerate(COLUMNS):
-        fig.text((0.2 + (col + 0.5) * PANEL_W) / (3 * PANEL_W + 0.4), 1 - 0.68 / height, text, ha="center",
-                 va="top", fontsize=8.5, fontweight="bold", color="#333333")
+        fig.text((0.2 + (col + 0.5) * PANEL_W) / (3 * PANEL_W + 0.4), 1 - (HEAD_H - 0.3) / height, text, ha="center",
+                 va="top", fontsize=9, fontweight="bold", color="#333333")
     return fig
 
 
@@ -147,9 +147,11 @@ def defense_maps(ctx) -> dict:
               "(b) failed defense": [j for j, s in enumerate(ok.tolist()) if not s][:n]}
     sub = {k: v[idx].cpu() for k, v in pred.items()}
     label = f"{attack_name(o['attack']).upper()}, eps={eps:.4g}, crafted on the {crafted_on} model"
-    title = f"{def_run.name} vs {clean_run.name}: successful and failed defenses (AAD Fig. 10-11)"
+    title = "Successful and failed defenses (AAD Fig. 10-11)"
+    subtitle = (f"defended: {def_run.name}; clean: {clean_run.name}\n{label}\n"
+                f"Grad-CAM of the {target} class, min-max normalized; green: right, magenta: wrong")
     fig = _figure(groups, x[idx].cpu(), x_adv[idx].cpu(), y[idx].cpu(), sub, maps, data.class_names, title,
-                  f"{label}; Grad-CAM of the {target} class, min-max normalized (green: right, magenta: wrong)")
+                  subtitle)
     save_png(fig, ctx.png, metadata={"Title": "attnguard defense-maps"}, tight=False)
 
     def by(mask):
