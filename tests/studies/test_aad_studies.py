@@ -5,7 +5,6 @@ steps (batch 1,000) with snapshots, the other three 2 steps each."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
@@ -50,7 +49,7 @@ def test_attention_evolution(runs, tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1, 2] and [e["step"] for e in epochs] == [0, 3, 6]
     assert got["epochs_shown"] == [0, 2]  # two columns: the first and the last epoch
     assert got["n_shown"] == 3 and got["n_snapshot"] == 8 and got["attack"] == "pgd-1" and got["eps"] == 0.3
-    assert all(0 <= e["iou_clean_adv"] <= 1 and 0 <= e["acc_adv"] <= e["acc_clean"] + 1 for e in epochs)
+    assert all(0 <= e[k] <= 1 for e in epochs for k in ("iou_clean_adv", "acc_clean", "acc_adv"))
     assert epochs[2]["acc_clean"] != epochs[0]["acc_clean"] or epochs[2]["iou_clean_adv"] != epochs[0]["iou_clean_adv"]
 
 

@@ -44,7 +44,7 @@ def test_one_snapshot_per_epoch_boundary(reference):
     assert first["attack"] == "pgd-1" and first["eps"] == pytest.approx(0.3) and first["seconds"] > 0
     from attnguard.data import load_dataset
 
-    assert list(first["labels"]) == [int(v) for v in load_dataset("mnist-5k").test.labels[:5]]  # the first 5 test digits
+    assert list(first["labels"]) == [int(v) for v in load_dataset("mnist-5k").test.labels[:5]]  # the first 5 digits
     assert all(np.array_equal(s["labels"], first["labels"]) for s in snaps)
     # training changes the maps, and the attack changes them within an epoch
     assert not np.array_equal(snaps[0]["clean_cam"], snaps[2]["clean_cam"])

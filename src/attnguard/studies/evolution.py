@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis._run import load_test_data
 from ..errors import DataError
 from ..rundir import RunDir
 from ..train.snapshots import SNAPSHOT_DIR, read_snapshot, snapshot_files
@@ -51,12 +52,12 @@ def attention_evolution(ctx) -> dict:
                           "iou_clean_adv": float(iou.mean()), "seconds": round(float(s["seconds"]), 4)})
 
     shown = pick_columns(len(snaps), columns)
-    data = run.load_dataset()
-    from ..rundir import first_examples
-
-    images, _ = first_examples(data.test, n)
-    names = list(getattr(data.info, "class_names", None) or range(data.info.num_classes))
-    names = [str(c) for c in names]
+    data = load_test_data(run, n)  # the snapshot examples: the first test images
+    images, names = data.images, data.class_names
+    # the snapshots carry their labels; a dataset that changed since training would show other images
+    if [int(v) for v in data.labels[:n]] != [int(v) for v in labels[:n]]:
+        raise DataError(f"{run.path}: the first {n} test labels of {run.dataset} differ from those in the snapshots; "
+                        "the dataset changed since training, so the images cannot be matched to the maps")
     size = images.shape[-2:]
     pics = display_images(images)
     maps = {(j, key): display_maps(snaps[j][f"{key}_cam"][:n], size) for j in shown for key in ("clean", "adv")}
