@@ -419,3 +419,20 @@ def test_loader_on_gpu_matches_cpu_and_never_syncs():
         torch.cuda.set_sync_debug_mode("default")
     for (xc, yc), (xg, yg) in zip(cpu, [first] + rest):
         assert xg.device.type == "cuda" and torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+def test_train_size_takes_the_first_n_before_the_holdout(tmp_path):
+    import json
+
+    from attnguard.cli import main
+    from attnguard.data import Split, first_n
+
+    split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    assert first_n(split, 4).labels.tolist() == [0, 1, 2, 3] and first_n(split, None) is split
+    out = tmp_path / "r"
+    # 300 digits, 50 held out, batch 50 -> 5 steps in the one epoch (all 4,000 would give 70)
+    assert main(["train", "--out", str(out), "--epochs", "1", "--no-eval", "--set", "train.progress=false",
+                 "--set", "data.train_size=300", "--set", "data.val_size=50",
+                 "--set", "train.attention_snapshots=0"]) == 0
+    assert json.loads((out / "train.json").read_text())["steps"] == 5
+    assert main(["train", "--out", str(tmp_path / "bad"), "--set", "data.train_size=1"]) == 2

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import UnknownNameError
 from ..registry import Registry
-from .base import Dataset, DatasetInfo, Split, channel_stats, make_info, split_holdout, stratified_indices
+from .base import Dataset, DatasetInfo, Split, channel_stats, first_n, make_info, split_holdout, stratified_indices
 from .loader import BatchLoader, augment_batch
 from .synthetic import SHAPES, generate_boxes, load_synthetic_boxes
 
@@ -119,5 +119,5 @@ def load_dataset(name: str, root: Optional[str] = None, download: bool = False) 
 
 
 __all__ = ["DATASETS", "Dataset", "DatasetInfo", "Split", "BatchLoader", "augment_batch", "load_dataset",
-           "check_dataset_name", "split_holdout", "stratified_indices", "channel_stats", "make_info",
+           "check_dataset_name", "first_n", "split_holdout", "stratified_indices", "channel_stats", "make_info",
            "generate_boxes", "load_synthetic_boxes", "SHAPES"]

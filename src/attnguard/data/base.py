@@ -138,6 +138,13 @@ def stratified_indices(labels: torch.Tensor, per_class: int, seed: int) -> Tuple
     return picked, torch.nonzero(keep).flatten()
 
 
+def first_n(split: Split, n: Optional[int]) -> Split:
+    """The first ``n`` examples of ``split`` (all of them when ``n`` is None or not smaller)."""
+    if n is None or n >= len(split):
+        return split
+    return split.subset(torch.arange(n))
+
+
 def split_holdout(split: Split, n_val: int, seed: int = 0) -> Tuple[Split, Split]:
     """Hold out ``n_val`` examples of ``split`` (a fixed random slice) for validation.
 

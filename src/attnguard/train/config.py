@@ -35,9 +35,14 @@ class DataConfig:
     root: Optional[str] = None
     download: bool = False
     val_size: int = 500  # held-out training examples for the per-epoch robust validation
+    # train on the first N training examples only (None: all); taken before the validation hold-out,
+    # so every seed sees the same N examples (a CPU-sized protocol on a large dataset, configs/cpu/)
+    train_size: Optional[int] = None
 
     def __post_init__(self):
         check_range("data.val_size", self.val_size, 0, integer=True)
+        if self.train_size is not None:
+            check_range("data.train_size", self.train_size, 2, integer=True)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import PGD
-from ..data import BatchLoader, load_dataset, split_holdout
+from ..data import BatchLoader, first_n, load_dataset, split_holdout
 from ..defenses import build_objective
 from ..errors import AttnGuardError, CheckpointError
 from ..io import FORMAT, atomic_torch_save, safe_load
@@ -61,8 +61,9 @@ class Trainer:
 
         ds = _load_dataset(cfg, self.dist)
         self.info = ds.info
-        n_val = min(cfg.data.val_size, len(ds.train.labels) // 5)
-        self.train_split, self.val_split = split_holdout(ds.train, n_val, cfg.seed)
+        pool = first_n(ds.train, cfg.data.train_size)
+        n_val = min(cfg.data.val_size, len(pool.labels) // 5)
+        self.train_split, self.val_split = split_holdout(pool, n_val, cfg.seed)
         self.test_split = ds.test
         inner = create_model(cfg.model.name, num_classes=ds.info.num_classes, input_size=ds.info.input_size,
                              mean=ds.info.mean, std=ds.info.std, **cfg.model.kwargs())
