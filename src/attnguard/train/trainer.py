@@ -123,6 +123,7 @@ class Trainer:
         on_main(lambda: open_run_dir(self.run, cfg, resume), self.dist)
         if state is not None:
             self.log.truncate(lines=state.get("metrics_lines"), step=self.step)
+            getattr(self.objective.base, "seek", lambda step: None)(self.step)  # ensemble's source rotation
             self.echo(f"resumed {self.run} at epoch {self.epoch + 1}, step {self.step}")
 
     # -- checkpoints -------------------------------------------------------------------------
