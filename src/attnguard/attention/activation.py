@@ -22,6 +22,17 @@ def attention_vector(activation: torch.Tensor, power: float = 2.0, eps: float = 
     return q / q.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
+def attention_map(activation: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+    """The spatial map ``F(A) = sum_c |A_c|^power`` of a ``[B, C, h, w]`` activation -> ``[B, h, w]``.
+
+    AT+ALP eq. 4 pairs this map vectorized and L2-normalized (:func:`attention_vector`); the
+    studies draw it (AT+ALP Fig. 4) and measure it inside object boxes (Table 3).
+    """
+    if activation.dim() != 4:
+        raise ValueError(f"activation attention needs [B, C, h, w], got shape {tuple(activation.shape)}")
+    return activation.abs().pow(power).sum(1)
+
+
 def activation_attention(
     model: nn.Module, x: torch.Tensor, layers: Optional[Sequence[LayerRef]] = None, power: float = 2.0
 ) -> List[torch.Tensor]:
