@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Attack, project
-from .square import REFERENCE_NORMS, check_square_l2_size, resolve_seed, run_reference
+from .square import REFERENCE_NORMS, QueryHook, check_square_l2_size, counting_queries, resolve_seed, run_reference
 
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 STANDARD = dict(steps=100, n_queries=5000, n_target_classes=9)  # what version="standard" sets (checked in tests)
@@ -67,6 +67,7 @@ class AutoAttack(Attack):
     """
 
     name = "autoattack"
+    query_progress: Optional[QueryHook] = None  # (queries used, budget) of the Square component, when set
 
     def __init__(self, eps: float, *, norm: str = "linf", version: str = "standard", num_classes: int = 10,
                  seed: Optional[int] = 0, verbose: bool = False, steps: Optional[int] = None,
@@ -141,6 +142,8 @@ class AutoAttack(Attack):
         for name, component in self.components(model, seed, device=x.device):
             t0 = time.perf_counter()
             idx = robust.nonzero().flatten()
+            if name == "square":
+                component.predict = counting_queries(component.predict, component.n_queries, self.query_progress)
             if idx.numel() > 0:
                 with torch.no_grad():  # as the reference; APGD and FAB enable gradients where they need them
                     adv = run_reference(component.perturb, x[idx], y[idx])

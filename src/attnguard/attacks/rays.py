@@ -60,6 +60,8 @@ class RayS(Attack):
 
     name = "rays"
     uses_gradients = False
+    # called (queries used so far by the most-queried example, budget) every few block flips, when set
+    query_progress = None
 
     def __init__(self, eps: float, *, queries: int = 10000, seed: Optional[int] = 0,
                  skip_misclassified: bool = True, early_stop: bool = True):
@@ -88,7 +90,12 @@ class RayS(Attack):
         dist = r_best.clone()  # L-inf distance of clip(x + r_best * sgn), <= r_best
         used = torch.zeros(b, dtype=torch.long, device=x.device)
         level, block = 0, 0
+        flips = 0
         while True:
+            # a report reads used.max() (a host sync): every 16 block flips, against several per flip below
+            if self.query_progress is not None and flips % 16 == 0:
+                self.query_progress(min(int(used.max()), self.queries), self.queries)
+            flips += 1
             active = used < self.queries
             if self.early_stop:
                 active &= ~(dist <= self.eps)
@@ -130,6 +137,8 @@ class RayS(Attack):
                 if 2 ** (level - 1) >= dim:  # the last stage had one-coordinate blocks: start over
                     level = 0
         self.last_queries, self.last_radius = used, dist
+        if self.query_progress is not None:
+            self.query_progress(min(int(used.max()), self.queries), self.queries)
         r = torch.where(torch.isfinite(r_best), r_best, torch.full_like(r_best, self.eps)).clamp(max=self.eps)
         return (flat + r[:, None] * sgn).clamp(0, 1).view(shape)
 

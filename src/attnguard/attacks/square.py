@@ -13,7 +13,7 @@ This module also holds the glue every component of the authors' package goes thr
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -71,6 +71,35 @@ def run_reference(perturb, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return adv.detach().to(device=x.device, dtype=x.dtype)
 
 
+QueryHook = Callable[[int, int], None]  # (queries used so far, query budget)
+
+
+def counting_queries(predict, budget: int, hook: Optional[QueryHook], skip: int = 1):
+    """``predict`` that reports, every ``budget // 50`` calls, how many queries the attack has used.
+
+    For a query-progress display (``query_progress`` of :class:`Square`, AutoAttack's Square):
+    the authors' ``SquareAttack.perturb`` makes ``skip`` bookkeeping calls (the clean check) before
+    its search, whose start and iterations are one query each for every example still attacked,
+    so calls after the first ``skip`` count the queries (at most ``budget``). Without a hook:
+    ``predict`` itself, no cost.
+    """
+    if hook is None:
+        return predict
+    every = max(1, budget // 50)  # about 50 updates per batch: a Python call, no host sync
+    calls = reported = 0
+
+    def counted(x):
+        nonlocal calls, reported
+        calls += 1
+        used = min(calls - skip, budget)
+        if used > reported and (used % every == 0 or used == budget):
+            reported = used
+            hook(used, budget)
+        return predict(x)
+
+    return counted
+
+
 class Square(Attack):
     """Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
     attack via random search"), a score-based black-box attack: it queries the model's logits (the
@@ -93,6 +122,7 @@ class Square(Attack):
 
     name = "square"
     uses_gradients = False
+    query_progress: Optional[QueryHook] = None  # called (queries used, budget) every few queries, when set
 
     def __init__(self, eps: float, *, n_queries: int = 5000, p_init: float = 0.8, norm: str = "linf",
                  seed: Optional[int] = 0, skip_misclassified: bool = True):
@@ -109,7 +139,7 @@ class Square(Attack):
 
         if self.norm == "l2":
             check_square_l2_size(x.shape, self.p_init)
-        atk = SquareAttack(model, norm=REFERENCE_NORMS[self.norm], n_queries=self.n_queries, eps=self.eps,
+        atk = SquareAttack(counting_queries(model, self.n_queries, self.query_progress), norm=REFERENCE_NORMS[self.norm], n_queries=self.n_queries, eps=self.eps,
                            p_init=self.p_init, n_restarts=1, seed=resolve_seed(self.seed), verbose=False,
                            loss="margin", resc_schedule=True, device=x.device)
         with torch.no_grad():  # a score-based attack: no graph needed anywhere
