@@ -110,7 +110,7 @@ def test_report_is_self_contained_and_shows_every_run_and_value(runs, tmp_path):
         assert value in page
     assert page.index(">clean<") < page.index(">fgsm<") < page.index(">pgd-20<") < page.index(">cw-20<") \
         < page.index(">worst case<")
-    assert '<td class="best">98.1%</td>' in page and '<td>&ndash;</td>' in page  # cw-20 missing in run 1
+    assert '<td class="best">98.1%<span class="n">n=64</span></td>' in page and '<td>&ndash;</td>' in page  # cw-20 missing in run 1
     # sanity badges and analysis tables
     assert 'class="badge ok">pass<' in page and 'class="badge warn">warn<' in page
     assert "0.574" in page and "74.1%" in page and "0.894" in page and "0.212" in page

@@ -11,6 +11,8 @@ What each run contributes (missing parts are shown as notes, never as errors):
                            eval*.json files, e.g. eval-aa.json) and the sanity checks
     gallery.png         -> embedded; generated (with ``compute_missing``) when absent
     analysis/           -> analysis.json tables and its plots; computed with a small n when absent
+    studies/NAME.json   -> each study's figure (studies/NAME.png) with a caption from its JSON
+    sweep.md, sweep.png -> a sweep folder (attnguard sweep): its table and figure, in place of a run's parts
 
 Runs are read through :class:`attnguard.rundir.RunDir`; what is computed for the page uses the
 checkpoint the run's ``eval.checkpoint`` names (default best).
@@ -32,6 +34,7 @@ from .. import __version__
 from ..errors import AttnGuardError, CheckpointError, ConfigError
 from ..rundir import RunDir
 from .html import details, esc, figure, note, tag
+from .extras import is_sweep, studies_section, sweep_section
 from .sections import analysis_section, config_summary, eval_table, sanity_table
 
 log = logging.getLogger(__name__)
@@ -123,8 +126,8 @@ def _prepare(card: _Card, tmp: Path, compute_missing: bool, device, gallery_n: i
     if card.run.metrics_file.is_file():
         card.curves = _optional("training curves", card, lambda: Path(
             training_curves(card.run.metrics_file, out=work / "curves.png")["path"]))
-    if not compute_missing:
-        return
+    if not compute_missing or (card.run.config_text is None and is_sweep(card.path)):
+        return  # a sweep folder has no model of its own
     if not card.run.has_checkpoint() and (card.gallery is None or card.analysis is None):
         card.notes.append("no checkpoint in this run, so no gallery or analysis could be computed")
         return
@@ -144,6 +147,12 @@ def _prepare(card: _Card, tmp: Path, compute_missing: bool, device, gallery_n: i
 def _run_section(card: _Card, index: int) -> str:
     parts = [tag("h2", esc(card.name)), tag("div", tag("span", "path: " + tag("b", esc(card.path))), class_="meta"),
              config_summary(card.run.config)]
+    sweep = sweep_section(card.path, card.name, card.notes)
+    if sweep and card.run.config_text is None:  # a sweep folder, not a run: its table and figure only
+        parts += [sweep, studies_section(card.path, card.name, card.notes)]
+        if card.notes:
+            parts.append(tag("ul", "".join(tag("li", esc(n)) for n in card.notes), class_="notes"))
+        return tag("section", "".join(parts), class_="card", id=f"run-{index}")
     if card.run.config_text is not None:
         parts.append(details("config.yaml", tag("pre", esc(card.run.config_text))))
     else:
@@ -170,6 +179,7 @@ def _run_section(card: _Card, index: int) -> str:
             parts.append(tag("div", "".join(figure(p, f"{p.stem} of {card.name}") for p in plots), class_="plots"))
     else:
         parts.append(note("No attention analysis (run `attnguard analyze`)."))
+    parts += [studies_section(card.path, card.name, card.notes), sweep]
     if card.notes:
         parts.append(tag("ul", "".join(tag("li", esc(n)) for n in card.notes), class_="notes"))
     return tag("section", "".join(parts), class_="card", id=f"run-{index}")
