@@ -188,3 +188,12 @@ def test_listed_as_defenses(capsys):
     from attnguard.defenses import canonical_name
 
     assert canonical_name("fm-single") == "alp+fm-single" and canonical_name("fm-multi") == "alp+fm-multi"
+
+
+def test_bad_layer_name_is_refused_before_the_run_dir_is_written(tmp_path, capsys):
+    from attnguard.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--defense", "fm-single", "--set", "defense.fm-single.layer=nope",
+                 "--set", "train.progress=false", "--no-eval"]) == 2
+    assert "nope" in capsys.readouterr().err and not (out / "config.yaml").exists()

@@ -80,6 +80,7 @@ class Trainer:
             # DDP broadcasts rank 0's initial weights; gradients are averaged over ranks in backward
             self.model = DDP(inner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.objective = build_objective(cfg.defense, cfg.adversary)
+        self.objective.layers(inner)  # a bad defense.*.layer name exits 2 here, before the run dir is written
         if self.fast["compile"].value:
             blocker = compile_blocker(self.objective, inner)
             if blocker:
