@@ -139,7 +139,8 @@ class Square(Attack):
 
         if self.norm == "l2":
             check_square_l2_size(x.shape, self.p_init)
-        atk = SquareAttack(counting_queries(model, self.n_queries, self.query_progress), norm=REFERENCE_NORMS[self.norm], n_queries=self.n_queries, eps=self.eps,
+        predict = counting_queries(model, self.n_queries, self.query_progress)
+        atk = SquareAttack(predict, norm=REFERENCE_NORMS[self.norm], n_queries=self.n_queries, eps=self.eps,
                            p_init=self.p_init, n_restarts=1, seed=resolve_seed(self.seed), verbose=False,
                            loss="margin", resc_schedule=True, device=x.device)
         with torch.no_grad():  # a score-based attack: no graph needed anywhere

@@ -2,10 +2,10 @@
 
 Optional keys: ``n_per_attack`` (``{attack: n}``, the examples each attack ran on: the first n of
 ``n_examples``; absent in older files, where every attack ran on all of them), ``n_worst`` (the
-examples ``worst_case`` covers) and ``worst_cases`` (see :func:`worst_cases`), ``autoattack_components`` (``{attack: {"n_examples", "robust": {component: accuracy},
-"seconds": {component: s}}}``, the robust accuracy after each of AutoAttack's components, cumulative)
-and those ``attnguard eval`` adds (``per_example``, ``system``). Files written before a key existed
-still load and report.
+examples ``worst_case`` covers) and ``worst_cases`` (see :func:`worst_cases`), ``autoattack_components``
+(``{attack: {"n_examples", "robust": {component: accuracy}, "seconds": {component: s}}}``, the robust
+accuracy after each of AutoAttack's components, cumulative) and those ``attnguard eval`` adds
+(``per_example``, ``system``). Files written before a key existed still load and report.
 """
 
 from __future__ import annotations

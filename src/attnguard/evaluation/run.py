@@ -32,7 +32,8 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
     Args:
         target: a run directory or a ``.pt`` checkpoint (its config names the dataset); a run
             directory is evaluated on the checkpoint its config's ``eval.checkpoint`` names (default best).
-        attacks: attack names (a list, or one comma-separated string).
+        attacks: attack names (a list, or one comma-separated string); ``name@N`` runs that attack
+            on the first N of the ``n_examples`` only (``autoattack@300``).
         eps: threat-model radius; default the run's ``eval.eps``, else its training eps (``adversary.eps``).
         n_examples: evaluate the first N examples of the test split.
         out: output directory or ``.json`` path; default the run directory, or the checkpoint's directory.
