@@ -47,7 +47,7 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_finishes_the_same_run(tmp_
     ck = _weights(run / "checkpoints" / "last.pt")
     assert ck["step"] == ck["batch"] == 3 and ck["epoch"] == 0
     first = json.loads((run / "train.json").read_text())
-    assert first["steps"] == 3 and first["seconds"] > 0
+    assert first["steps"] == 3 and first["seconds"] > 0 and 0 < first["cpu_seconds"]
     monkeypatch.undo()
 
     assert main(["train", "--out", str(run), "--resume", "--no-eval"]) == 0
@@ -57,7 +57,7 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_finishes_the_same_run(tmp_
     for k in want["model"]:
         assert torch.equal(got["model"][k], want["model"][k]), k
     info = json.loads((run / "train.json").read_text())
-    assert info["steps"] == 6 and info["resumed"] and info["seconds"] > first["seconds"]  # wall clock adds up
+    assert info["steps"] == 6 and info["resumed"] and info["seconds"] > first["seconds"] and info["cpu_seconds"] > first["cpu_seconds"]  # wall clock and CPU time add up
 
 
 def _saved_steps(monkeypatch):

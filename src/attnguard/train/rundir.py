@@ -126,10 +126,12 @@ def finished_checkpoint(run: Path, cfg: RunConfig) -> Optional[dict]:
 
 
 def write_train_info(run: Path, *, steps: int, epochs: int, world_size: int, seconds: float, resumed: bool,
-                     device, fast_path: dict, complete: bool = True) -> None:
+                     device, fast_path: dict, complete: bool = True, cpu_seconds: float = 0.0) -> None:
     """``train.json``: where and how long this run trained, for the tables that quote it.
 
-    A resumed run adds its own wall clock to the interrupted one's. ``complete`` is False when an
+    A resumed run adds its own wall clock to the interrupted one's. ``cpu_seconds`` is this process's
+    CPU time over the same span (all threads): on a shared machine the wall clock grows with the load,
+    the CPU time much less, so a one-thread run's cost stays comparable across machines' load. ``complete`` is False when an
     interrupt wrote it (the time so far is counted; training is not over). ``fast_path`` says what this
     process used and why (a resumed run may differ from the interrupted one).
     """
@@ -139,6 +141,7 @@ def write_train_info(run: Path, *, steps: int, epochs: int, world_size: int, sec
     prior = read_json(path) or {}
     info = {"steps": steps, "epochs": epochs, "complete": complete, "world_size": world_size,
             "seconds": round(prior.get("seconds", 0.0) + seconds, 3),
+            "cpu_seconds": round(prior.get("cpu_seconds", 0.0) + cpu_seconds, 3),
             "resumed": bool(resumed or prior.get("resumed")),
             "system": describe_machine(device), "fast_path": fast_path}
     atomic_write_text(path, json.dumps(info, indent=1) + "\n")

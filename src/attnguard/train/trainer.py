@@ -316,6 +316,7 @@ class Trainer:
         if not self.resume:
             self.echo(f"run directory: {self.run}")
         t0 = self._t0 = time.time()
+        self._cpu0 = time.process_time()
         self._last_save = time.monotonic()
         snapshot_attention(self)  # epoch 0 (AAD Fig. 6); rank 0, boundaries only, RNG untouched
         # batch > 0: a checkpoint from inside an epoch whose end (validation, best.pt) is still to do,
@@ -372,8 +373,8 @@ class Trainer:
 
     def _write_train_info(self, seconds: float, complete: bool = True) -> None:
         write_train_info(self.run, steps=self.step, epochs=self.epoch, world_size=self.dist.world_size,
-                         seconds=seconds, resumed=self.resume, device=self.device, fast_path=describe(self.fast),
-                         complete=complete)
+                         seconds=seconds, cpu_seconds=time.process_time() - self._cpu0, resumed=self.resume,
+                         device=self.device, fast_path=describe(self.fast), complete=complete)
 
 def _checked_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
