@@ -88,13 +88,23 @@ class Attack:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 clean_correct: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attack ``x`` (labels ``y``); returns ``x_adv`` in the eps-ball and [0, 1].
+
+        ``clean_correct`` (bool ``[B]``): whether ``model`` classifies each ``x`` correctly, when the
+        caller already knows it (the evaluation's clean pass); ``skip_misclassified`` then uses it
+        instead of running the same forward pass again.
+        """
         x = x.detach()
         y = y.detach()
         with preserved_state(model):
             if self.skip_misclassified:
-                with torch.no_grad():
-                    keep = model(x).argmax(1) == y
+                if clean_correct is not None:
+                    keep = clean_correct.to(device=x.device, dtype=torch.bool)
+                else:
+                    with torch.no_grad():
+                        keep = model(x).argmax(1) == y
                 idx = keep.nonzero().flatten()
                 x_adv = x.clone()
                 if idx.numel() > 0:

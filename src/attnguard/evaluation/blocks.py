@@ -10,6 +10,7 @@ the per-example minimum over attacks, not the best single attack).
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..attacks.base import Attack
 from ..errors import AttnGuardError, ConfigError, DataError
 from ..utils.modes import eval_mode
 
@@ -196,7 +198,8 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
     first ``N`` examples only (all of them when ``N`` is None or at least their number).
     """
     n = images.shape[0]
-    attacks = [(a[0], a[1], min(n, a[2]) if len(a) > 2 and a[2] is not None else n) for a in attacks]
+    attacks = [(a[0], evaluation_variant(a[1]), min(n, a[2]) if len(a) > 2 and a[2] is not None else n)
+               for a in attacks]
     clean, per = [], {label: [] for label, _, _ in attacks}
     seconds = {label: 0.0 for label, _, _ in attacks}
     parts: Dict[str, Dict[str, list]] = {}
@@ -222,7 +225,9 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
                 _sync(device)
                 t0 = time.perf_counter()
                 with _query_bar(attack, label, progress):
-                    x_adv = attack(model, xa, ya)
+                    # the clean pass above already knows which examples an Attack would skip
+                    x_adv = attack(model, xa, ya, clean_correct=oka) if isinstance(attack, Attack) else \
+                        attack(model, xa, ya)
                 with torch.no_grad():
                     adv_ok = model(x_adv).argmax(1) == ya
                 _sync(device)
@@ -242,6 +247,19 @@ def attack_correct(model, attacks: Sequence[tuple], images, labels, eps: float, 
                       named={label: getattr(a, "registry_name", None) == label for label, a, _ in attacks},
                       components={k: {c: torch.cat(m) for c, m in v.items()} for k, v in parts.items()},
                       component_seconds=part_seconds)
+
+
+def evaluation_variant(attack):
+    """The attack as the evaluation runs it: a PGD built from a name (``pgd-K``, ``pgd-KxR``, ``cw-K``)
+    gets ``early_stop`` (an example leaves the later steps once an iterate fooled it; at least as strong
+    as judging the last iterate, and cheaper: see :class:`~attnguard.attacks.pgd.PGD`). A copy is
+    returned; objects the caller built keep their own settings."""
+    from ..attacks.pgd import PGD
+
+    if type(attack) is PGD and getattr(attack, "registry_name", None) and not attack.early_stop:
+        attack = copy.copy(attack)
+        attack.early_stop = True
+    return attack
 
 
 @contextmanager
