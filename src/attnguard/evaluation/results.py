@@ -216,7 +216,11 @@ def format_table(result: dict):
     from rich.markup import escape
 
     validate_result(result)
-    table = _warned_table()(title=escape(_header(result)), title_justify="left")
+    # model (a run name: one long word) on a line of its own, and the table at least as wide as the
+    # longest title line: rich folds a title that is wider than the table mid-word
+    title = [f"model: {result['model']}", f"dataset: {result['dataset'] or '-'} · eps: {result['eps']:.6g} "
+             f"({result.get('norm', 'linf')}) · examples: {result['n_examples']}"]
+    table = _warned_table()(title=escape("\n".join(title)), title_justify="left", min_width=max(map(len, title)))
     table.add_column("attack")
     table.add_column("accuracy %", justify="right")
     table.add_column("n", justify="right")
