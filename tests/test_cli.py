@@ -13,6 +13,7 @@ from attnguard.cli import main
 from attnguard.evaluation.results import KEYS
 from attnguard.errors import AttnGuardError
 from attnguard.train.config import resolve_config
+from attnguard.train.snapshots import read_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "lenet", "--set", "model.width=0.25", "--epochs", "1", "--set", "train.max_steps=10",
@@ -71,9 +72,15 @@ def run(tmp_path_factory):
 
 
 def test_train_writes_the_documented_files(run):
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
-                                                      "metrics.jsonl", "train.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["attention", "checkpoints", "config.yaml", "eval.json",
+                                                      "eval.md", "metrics.jsonl", "train.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # attention/: one snapshot before the first step (epoch 0) and one per epoch end (AAD Fig. 6),
+    # train.attention_snapshots (default 8) test examples each
+    assert sorted(p.name for p in (run / "attention").iterdir()) == ["epoch-000.npz", "epoch-001.npz"]
+    snap = read_snapshot(run / "attention" / "epoch-001.npz")
+    assert snap["epoch"] == 1 and snap["step"] == 10 and snap["attack"] == "pgd-2"
+    assert snap["clean_cam"].shape[0] == snap["adv_cam"].shape[0] == len(snap["labels"]) == 8
     # config.yaml: the full resolved config, which resolves to itself
     cfg = resolve_config(str(run / "config.yaml"))
     assert cfg.model.width == 0.25 and cfg.train.max_steps == 10 and cfg.seed == 5
@@ -89,6 +96,7 @@ def test_train_writes_the_documented_files(run):
     assert recs[-1]["n"] == 100 and recs[-1]["attack"] == "pgd-2"
     info = json.loads((run / "train.json").read_text())
     assert info["steps"] == 10 and info["epochs"] == 1 and info["world_size"] == 1 and info["seconds"] > 0
+    assert info["cpu_seconds"] > 0
     assert info["system"]["device"] == "cpu" and info["system"]["torch"] == torch.__version__
     # checkpoints
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
