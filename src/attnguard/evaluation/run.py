@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import ConfigError, check_range
-from ..rundir import RunDir, first_examples
+from ..rundir import EVAL_FILE, RunDir, first_examples
 from .core import evaluate
 from .results import _paths, write_eval
 
@@ -68,20 +68,33 @@ def bits(mask: torch.Tensor) -> str:
     return "".join("1" if v else "0" for v in mask.tolist())
 
 
+def eval_file_name(attacks: Sequence[str], n_examples: int) -> str:
+    """The file name of an evaluation that is not a run's first one: ``eval-<attacks>-n<N>.json``.
+
+    The one source of this name: ``attnguard eval`` writes there beside an existing ``eval.json``
+    (:func:`choose_eval_out`), and ``attnguard sweep --eval-attacks`` asks for exactly this file
+    and treats its existence as "already evaluated". Attack names joined by ``+``, each with every
+    run of characters other than letters, digits, ``.``, ``+`` and ``-`` made one ``-``
+    (``autoattack@300`` -> ``autoattack-300``, ``transfer:runs/a:pgd-20`` -> ``transfer-runs-a-pgd-20``).
+    """
+    tag = "+".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(a)).strip("-") or "attack" for a in attacks)
+    return f"eval-{tag}-n{int(n_examples)}.json"
+
+
 def choose_eval_out(target: PathLike, out: Optional[PathLike], attacks: Sequence[str], n_examples: int,
                     force: bool = False) -> Path:
     """Where ``attnguard eval`` writes, chosen before evaluating so that no evaluation is overwritten silently.
 
     Without ``out``: ``eval.json`` beside the model, or, when that exists (e.g. the final evaluation
-    of ``attnguard train``), ``eval-<attacks>-n<N>.json``. The chosen file (or ``out``) must not exist
-    unless ``force``. Returns the ``.json`` path (``.md`` beside it). Raises ConfigError otherwise.
+    of ``attnguard train``), :func:`eval_file_name` (``eval-<attacks>-n<N>.json``). The chosen file
+    (or ``out``) must not exist unless ``force``. Returns the ``.json`` path (``.md`` beside it).
+    Raises ConfigError otherwise.
     """
     if out is None:
         folder = RunDir(target).path
-        json_path = folder / "eval.json"
+        json_path = folder / EVAL_FILE
         if json_path.exists():
-            tag = "+".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", a).strip("-") or "attack" for a in attacks)
-            json_path = folder / f"eval-{tag}-n{int(n_examples)}.json"
+            json_path = folder / eval_file_name(attacks, n_examples)
     else:
         json_path = _paths(out)[0]
     if not force:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import ConfigError
+from ..evaluation.run import eval_file_name  # the one source of the name (re-exported here)
 from .grid import Run
 
 STATES = ("done", "resume", "evaluate", "train")
@@ -44,14 +45,6 @@ def default_threads(jobs: int) -> int:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     return max(1, cores // jobs)
-
-
-def eval_file_name(attacks: Sequence[str], n_examples: int) -> str:
-    """The name ``attnguard eval`` gives an evaluation beside an existing eval.json (evaluation/run.py)."""
-    import re
-
-    tag = "+".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", a).strip("-") or "attack" for a in attacks)
-    return f"eval-{tag}-n{int(n_examples)}.json"
 
 
 @dataclass
