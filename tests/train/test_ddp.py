@@ -219,8 +219,10 @@ def test_ddp_matches_single_process_up_to_flips(runs):
 
 def test_only_rank0_writes_and_evaluates(runs):
     ddp, proc = runs["ddp"], runs["proc"]
-    assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "eval.md",
-                                                      "metrics.jsonl", "train.json"]
+    assert sorted(p.name for p in ddp.iterdir()) == ["attention", "checkpoints", "config.yaml", "eval.json",
+                                                      "eval.md", "metrics.jsonl", "train.json"]
+    # attention snapshots are rank 0's too: one file per epoch boundary, none written twice or torn
+    assert sorted(p.name for p in (ddp / "attention").iterdir()) == ["epoch-000.npz", "epoch-001.npz"]
     assert json.loads((ddp / "train.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert proc.stdout.count("run directory:") == 1  # rank 0 speaks; rank 1 is quiet

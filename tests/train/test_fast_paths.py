@@ -382,7 +382,7 @@ def test_scheduler_does_not_step_when_the_scaler_skips(tmp_path, one_thread):
 
 def test_validation_runs_in_fp32_under_bf16_training(tmp_path, monkeypatch, one_thread):
     from attnguard.attacks import PGD
-    from attnguard.train import trainer as T
+    from attnguard.train import holdout, trainer as T
 
     seen = []
 
@@ -391,7 +391,7 @@ def test_validation_runs_in_fp32_under_bf16_training(tmp_path, monkeypatch, one_
             seen.append((torch.is_autocast_enabled("cpu"), model(x).dtype, torch.backends.cudnn.conv.fp32_precision))
             return super().__call__(model, x, y)
 
-    monkeypatch.setattr(T, "PGD", Probe)
+    monkeypatch.setattr(holdout, "PGD", Probe)
     t = T.Trainer(_cfg(tmp_path / "r", amp="bf16"), echo=lambda *a: None)
     assert t.amp_dtype is torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):  # even an outer autocast does not reach it

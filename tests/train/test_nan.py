@@ -26,16 +26,24 @@ def _poison(monkeypatch, at_step, value):
     real = trainer_mod.build_objective
     calls = {"n": 0}
 
-    def build(defense, adversary):
-        obj = real(defense, adversary)
+    class Poisoned:
+        """The real objective (its ``layers``, ``base``, ... as they are), with the loss poisoned."""
 
-        def poisoned(model, x, y):
+        def __init__(self, obj):
+            self.obj = obj
+
+        def __getattr__(self, name):
+            return getattr(self.obj, name)
+
+        def __call__(self, model, x, y):
             calls["n"] += 1
-            loss, parts = obj(model, x, y)
+            loss, parts = self.obj(model, x, y)
             if calls["n"] >= at_step:
                 loss = loss * torch.tensor(value)
             return loss, parts
-        return poisoned
+
+    def build(defense, adversary):
+        return Poisoned(real(defense, adversary))
 
     monkeypatch.setattr(trainer_mod, "build_objective", build)
 

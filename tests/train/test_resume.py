@@ -203,14 +203,14 @@ def test_crash_after_validation_before_epoch_end_save(tmp_path, monkeypatch):
 
 def test_validation_leaves_the_global_rng_alone(tmp_path, monkeypatch):
     from attnguard.attacks import PGD
-    from attnguard.train import trainer as T
+    from attnguard.train import holdout, trainer as T
     from attnguard.train.config import resolve_config
 
     class GlobalRngPGD(PGD):  # even a validation attack drawing from the global RNG must not shift training
         def __init__(self, *a, **k):
             super().__init__(*a, **{**k, "seed": None})
 
-    monkeypatch.setattr(T, "PGD", GlobalRngPGD)
+    monkeypatch.setattr(holdout, "PGD", GlobalRngPGD)
     cfg = resolve_config(None, {"model": {"width": 0.25}, "data": {"val_size": 50}, "out": str(tmp_path / "r"),
                                 "train": {"val_steps": 2, "progress": False, "device": "cpu"}})
     t = T.Trainer(cfg)

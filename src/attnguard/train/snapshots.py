@@ -64,12 +64,9 @@ def snapshot_attention(trainer) -> Optional[Path]:
 
 def snapshot_attack(cfg):
     """The per-epoch validation's PGD-k (``train.val_steps``, the run's eps and seed), attacking every example."""
-    from ..attacks import PGD
+    from .holdout import validation_attack  # the attack that judges best.pt, so the snapshots show it
 
-    adv, k = cfg.adversary, cfg.train.val_steps
-    # the step size of Trainer._validate, so the snapshots show the attack that judges best.pt
-    return PGD(adv.eps, alpha=max(adv.step_size, 2.5 * adv.eps / k), steps=k, norm=adv.norm, seed=cfg.seed,
-               skip_misclassified=False), f"pgd-{k}"
+    return validation_attack(cfg, skip_misclassified=False)
 
 
 def attention_snapshot(model, split, n: int, cfg, device) -> dict:

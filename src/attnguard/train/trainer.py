@@ -18,18 +18,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks import PGD
 from ..data import BatchLoader, first_n, load_dataset, split_holdout
 from ..defenses import build_objective
 from ..errors import AttnGuardError, CheckpointError
 from ..io import FORMAT, atomic_torch_save, safe_load
 from ..models import create_model
 from ..utils.fastpath import Choice, describe
-from ..utils.precision import full_precision
 from ..utils.runtime import (all_gather_object, init_distributed, on_main, rng_state, seed_everything,
                              set_rng_state, shutdown_distributed)
 from .config import RunConfig
 from .fast import compile_blocker, craft_through, fast_path
+from .holdout import robust_validation
 from .interrupt import SigintFlag, TrainingInterrupted, resume_command
 from .metrics import MetricsLog, Running
 from .optim import build_optimizer, build_scheduler
@@ -243,41 +242,10 @@ class Trainer:
         if bar is not None:
             bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k in ("loss", "acc_clean", "acc_adv")})
 
-    # -- validation --------------------------------------------------------------------------
+    # -- validation (train/holdout.py) -------------------------------------------------------
     def validate(self) -> dict:
-        """Clean and PGD-k accuracy on the held-out slice, in eval mode (rank 0's view).
-
-        The global RNG is restored afterwards, so the training trajectory does not depend on
-        whether or how validation runs (the PGD here has its own seeded generator anyway). It runs
-        in fp32 (no autocast, no TF32; utils/precision.py): it judges robustness and picks best.pt.
-        """
-        n = len(self.val_split.labels)
-        if n == 0:
-            return {}
-        saved = rng_state(self.device)
-        try:
-            return self._validate(n)
-        finally:
-            set_rng_state(saved, self.device)
-
-    def _validate(self, n: int) -> dict:
-        adv = self.cfg.adversary
-        k = self.cfg.train.val_steps
-        attack = PGD(adv.eps, alpha=max(adv.step_size, 2.5 * adv.eps / k), steps=k, norm=adv.norm,
-                     seed=self.cfg.seed)
-        self.inner.eval()
-        loader = BatchLoader(self.val_split, 500, shuffle=False, device=self.device)
-        correct = torch.zeros((), device=self.device)
-        robust = torch.zeros((), device=self.device)
-        with full_precision(self.device.type):
-            for x, y in loader:
-                with torch.no_grad():
-                    correct += (self.inner(x).argmax(1) == y).sum()
-                x_adv = attack(self.inner, x, y)
-                with torch.no_grad():
-                    robust += (self.inner(x_adv).argmax(1) == y).sum()
-        self.inner.train()
-        return {"acc_clean": float(correct) / n, "acc_adv": float(robust) / n, "n": n, "attack": f"pgd-{k}"}
+        """Clean and PGD-k accuracy on the held-out slice, in eval mode and fp32, RNG untouched (rank 0's view)."""
+        return robust_validation(self.inner, self.val_split, self.cfg, self.device)
 
     # -- interrupts and timed checkpoints -----------------------------------------------------
     # (Ctrl-C: train/interrupt.py)
@@ -375,6 +343,7 @@ class Trainer:
         write_train_info(self.run, steps=self.step, epochs=self.epoch, world_size=self.dist.world_size,
                          seconds=seconds, cpu_seconds=time.process_time() - self._cpu0, resumed=self.resume,
                          device=self.device, fast_path=describe(self.fast), complete=complete)
+
 
 def _checked_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
