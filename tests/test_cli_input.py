@@ -3,6 +3,7 @@
 suggestions, and a --help that does not wait for torch."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -205,6 +206,88 @@ def test_mistyped_attack_gets_a_suggestion(tiny_run, tmp_path, capsys, argv):
         argv[-1] = str(tmp_path / "x.json")
     assert _main(argv) == 2
     _one_line_error(capsys, "pdg-20", "Did you mean 'pgd-20'?")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", *TINY, "--set", "eval.attacks=[fgsm,pdg-20]"],  # checked although --no-eval: resume may evaluate
+    ["train", "--set", "eval.attacks=[pdg-20@100]"],
+    ["sweep", "--grid", "defense.aad.alpha=0,1", "--eval-attacks", "fgsm,pdg-20"],
+    ["sweep", "--grid", "eval.attacks=[fgsm],[pdg-20]"],
+])
+def test_mistyped_attack_in_config_and_sweep_gets_a_suggestion(tmp_path, capsys, argv):
+    out = tmp_path / "out"
+    assert _main([*argv, "--out", out]) == 2
+    _one_line_error(capsys, "pdg-20", "Did you mean 'pgd-20'?")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- AutoAttack's breakdown, eval to report
+def _table_rows(text):
+    return {r[0]: r for r in ([c.strip() for c in l.strip().strip("│").split("│")] for l in text.splitlines()
+                              if "│" in l)}
+
+
+def test_autoattack_breakdown_in_eval_json_table_and_report(tiny_run, tmp_path, capsys, monkeypatch):
+    from attnguard.attacks.autoattack import AutoAttack
+
+    real = AutoAttack.__init__
+
+    def small(self, eps, **kw):  # the standard settings are checked in tests/attacks/test_autoattack.py
+        real(self, eps, **{**kw, "version": "custom", "steps": 5, "n_queries": 50, "n_target_classes": 2})
+
+    monkeypatch.setattr(AutoAttack, "__init__", small)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # report reads every eval*.json of the run: a copy of its own
+    assert _main(["eval", run, "--attacks", "pgd-20,autoattack@24", "--n-examples", "48", "--eps", "0.1",
+                  "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    ev = json.loads((run / "eval.json").read_text())
+    entry = ev["autoattack_components"]["autoattack"]
+    assert entry["n_examples"] == 24 and list(entry["robust"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    robust = entry["robust"]
+    assert list(robust.values()) == sorted(robust.values(), reverse=True) and robust["square"] == ev["attacks"][
+        "autoattack"]
+    assert robust["apgd-ce"] < ev["clean"]  # a setting where the rows carry numbers, not all 100 or 0
+    rows = _table_rows(text)
+    for c, acc in robust.items():  # the terminal: one row per component, with its n
+        assert rows[f"after {c}"][1:3] == [f"{100 * acc:.2f}", "24"], text
+    md = (run / "eval.md").read_text()
+    assert all(f"| autoattack, after {c} | {100 * acc:.2f} | 24 |" in md for c, acc in robust.items())
+
+    html, table = tmp_path / "r.html", tmp_path / "r.md"
+    assert _main(["report", run, "--out", html, "--markdown", table]) == 0
+    page = html.read_text()
+    for c, acc in robust.items():
+        assert f">autoattack, after {c}<" in page
+    head, _, row = table.read_text().splitlines()[:3]
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert [k for k in cells if k.startswith("autoattack")] == ["autoattack"] + [f"autoattack, after {c}"
+                                                                                  for c in robust]
+    for c, acc in robust.items():
+        assert cells[f"autoattack, after {c}"] == f"{100 * acc:.1f}"
+
+
+# ---------------------------------------------------------------- progress by queries
+@pytest.mark.parametrize("attack", ["square-40", "rays-40"])
+def test_eval_shows_black_box_progress_by_queries(tiny_run, tmp_path, monkeypatch, attack):
+    import io
+
+    import tqdm.auto
+
+    bars = []
+
+    class Seen(tqdm.auto.tqdm):  # tqdm as the evaluation builds it, drawn on a terminal-like buffer
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **{**kw, "disable": False, "file": io.StringIO()})
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Seen)
+    assert _main(["eval", tiny_run, "--attacks", attack, "--n-examples", "4", "--eps", "0.01", "--device", "cpu",
+                  "--out", tmp_path / "ev.json"]) == 0
+    queries = [b for b in bars if str(b.desc).endswith("queries")]
+    # at eps 0.01 the digits stay robust: the search spends its whole budget, shown as queries used of 40
+    assert queries and all(b.total == 40 and b.n == 40 and b.unit == "query" for b in queries), \
+        [(b.desc, b.total, b.n) for b in bars]
 
 
 # ---------------------------------------------------------------- fast help

@@ -94,6 +94,8 @@ def run_summary(run) -> dict:
             "defense": run.get("defense.preset"), "eps": run.get("adversary.eps"),
             "seed": run.get("seed"), "acc": acc, "n": n_of, "worst_case": worst, "n_worst": n_worst,
             "worst_cases": merged["worst_cases"],
+            # AutoAttack's robust accuracy after each component, {attack: {"n_examples", "robust": {...}}}
+            "components": merged.get("autoattack_components") or {},
             "train_seconds": seconds, "system": system,
             "train_system": train_info.get("system")}
 
@@ -134,6 +136,24 @@ def _n_text(members: Sequence[dict], wide: bool) -> str:
     return base + (f" ({'; '.join(odd)})" if odd else "")
 
 
+def _columns(summaries: Sequence[dict], names: Sequence[str]) -> List[tuple]:
+    """``[(header, attack, component or None)]``: each attack, then the robust accuracy after each of its
+    components (AutoAttack's breakdown) where some run recorded one, as eval.md shows it."""
+    cols = []
+    for name in names:
+        cols.append((name, name, None))
+        entries = [s.get("components", {}).get(name) or {} for s in summaries]
+        parts = dict.fromkeys(c for e in entries for c in e.get("robust", {}))
+        cols += [(f"{name}, after {c}", name, c) for c in parts]
+    return cols
+
+
+def _value(summary: dict, attack: str, component: Optional[str]) -> Optional[float]:
+    if component is None:
+        return summary["acc"].get(attack)
+    return ((summary.get("components", {}).get(attack) or {}).get("robust") or {}).get(component)
+
+
 def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = None) -> str:
     """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds.
 
@@ -147,11 +167,12 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
                                                             round(s["eps"] or 0, 6))
         groups.setdefault(key, []).append(s)
     names = {n for s in summaries for n in s["acc"]}
-    cols = [n for n in ORDER if n in names] + sorted(names - set(ORDER))
+    cols = _columns(summaries, [n for n in ORDER if n in names] + sorted(names - set(ORDER)))
     # where attacks ran on different numbers of examples, a second worst case: over the attacks that
     # ran on the most examples, on all of those
     wide = any(len(s["worst_cases"]) > 1 for s in summaries)
-    head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds", "n (examples)"] + cols
+    head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds", "n (examples)"]
+            + [c[0] for c in cols]
             + ["worst case"] + (["worst case (attacks run on the most examples)"] if wide else [])
             + ["train time (s, incl. validation)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -159,7 +180,7 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
         row = [_cell(v) for v in key] if group_by else [str(key[0]), str(key[1]), f"`{key[2]}`", f"{key[3]:.4g}"]
         row.append(str(len(members)))
         row.append(_n_text(members, wide))
-        row += [_ms([m["acc"].get(c) for m in members]) for c in cols]
+        row += [_ms([_value(m, a, c) for m in members]) for _, a, c in cols]
         row.append(_ms([m["worst_case"] for m in members]))
         if wide:
             row.append(_ms([m["worst_cases"][-1]["accuracy"] for m in members]))
