@@ -136,3 +136,46 @@ def test_ctrl_c_stops_the_sweep_and_the_same_command_continues(tmp_path):
     assert not (out / "defense.aad.alpha=0.01,seed=1").exists()  # not launched after the Ctrl-C
     dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.stdout.splitlines()[0] == "2 runs: 0 done, 1 to resume, 1 to train"
+
+
+SMALL_FILES = ("config.yaml", "train.json", "eval.json", "eval.md")  # what a results commit keeps of a run
+
+
+def test_runs_with_pruned_checkpoints_are_done_and_their_table_comes_back(swept, tmp_path, capsys):
+    """Results kept as small files (no checkpoints) copied into a fresh sweep folder: nothing is trained
+    again, the table is the same, and an evaluation they lack is reported as not possible, not attempted."""
+    import shutil
+
+    src, argv = swept
+    out = tmp_path / "copied"
+    for run in (p for p in src.iterdir() if (p / "config.yaml").is_file()):
+        (out / run.name).mkdir(parents=True)
+        for name in SMALL_FILES:
+            shutil.copy2(run / name, out / run.name / name)
+    here = argv[:argv.index("--out") + 1] + [str(out)] + argv[argv.index("--out") + 2:]
+    capsys.readouterr()
+    assert main(here) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "8 runs: 8 done (8 with checkpoints pruned), 0 to resume, 0 to train", printed
+    assert not any(l.startswith(("start", "not possible")) for l in printed), printed
+    assert not any((out / r / "checkpoints").exists() for r in os.listdir(out) if "seed=" in r)  # nothing trained
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert points == json.loads((src / "sweep.json").read_text())["points"] and all(p["n"] == 2 for p in points)
+    dry = main(here + ["--dry-run"]) == 0 and capsys.readouterr().out.splitlines()
+    assert dry and sum(l.endswith(": done, checkpoints pruned") for l in dry) == 8, dry
+    assert (out / "sweep.md").read_text().split("\n| ", 1)[1] == (src / "sweep.md").read_text().split("\n| ", 1)[1]
+    # an extra evaluation: one line per run that lacks it, nothing launched, nothing written
+    kept = out / "defense.aad.alpha=0,adversary.eps=0.1,seed=0"
+    (kept / "eval-fgsm-n10.json").write_text((kept / "eval.json").read_text())  # stands for one that was made
+    extra = here + ["--eval-attacks", "fgsm", "--eval-n", "10"]
+    assert main(extra) == 0
+    printed = capsys.readouterr().out.splitlines()
+    lines = [l for l in printed if l.startswith("not possible: ")]
+    assert len(lines) == 7 and not any(kept.name + ":" in l for l in lines), printed
+    assert all("--eval-attacks fgsm on 10 examples (eval-fgsm-n10.json): its checkpoints were pruned" in l
+               for l in lines), lines[0]
+    assert not any(l.startswith("start") for l in printed) and len(list(out.glob("*/eval-fgsm-n10.json"))) == 1
+    # --print-commands: no command to print; the same lines go to stderr, stdout stays commands only
+    assert main(extra + ["--print-commands"]) == 0
+    got = capsys.readouterr()
+    assert got.out == "" and got.err.count("not possible: ") == 7

@@ -22,7 +22,9 @@ TRAIN_FLAGS = ("config", "dataset", "data_root", "download", "model", "defense",
 DESCRIPTION = """Train the cross product of --grid values and --seeds, each an ordinary run directory
 DIR/KEY=VALUE,...,seed=S trained by its own `attnguard train` process, --jobs at a time (each with
 OMP_NUM_THREADS = cores / jobs unless --threads). Run again to continue: finished runs are skipped,
-interrupted ones resumed. Writes DIR/sweep.md (mean ± std over seeds per grid point, the table of
+interrupted ones resumed. A finished run without checkpoints (pruned; its config.yaml, train.json and
+eval*.json kept) is done: its table row comes from those files, and an evaluation it lacks is reported
+as not possible, one line each, not attempted. Writes DIR/sweep.md (mean ± std over seeds per grid point, the table of
 `attnguard report --markdown`), DIR/sweep.json and DIR/sweep.png. Child output goes to DIR/logs/.
 Exit status: 0 all runs done, 1 some runs failed, 2 bad input, 130 interrupted."""
 
@@ -143,7 +145,8 @@ def _check_overlap(axes, overrides: dict) -> None:
 
 def cmd_sweep(args) -> int:
     from .grid import expand, parse_grid, parse_seeds
-    from .runner import Interrupted, Pool, Settings, check_grid, default_threads, plan, plan_line, shell_line
+    from .runner import (STATE_WORDS, Interrupted, Pool, Settings, check_grid, default_threads, impossible_lines, plan,
+                         plan_line, shell_line)
     from .table import write_outputs
 
     _check_numbers(args)
@@ -166,13 +169,20 @@ def cmd_sweep(args) -> int:
     todo = [j for j in jobs if j.steps]
     threads = args.threads or default_threads(args.jobs)
     if args.print_commands:
+        for line in impossible_lines(jobs):  # stdout holds the commands only
+            print(line, file=sys.stderr)
         for job in todo:
             print(shell_line(job, threads))
         return 0
     print(plan_line(jobs))
+    for line in impossible_lines(jobs):
+        print(line)
     if args.dry_run:
-        for job in todo:
-            print(f"{job.run.name}: {job.state}\n  {shell_line(job, threads)}")
+        for job in jobs:
+            if job.steps:
+                print(f"{job.run.name}: {job.state}\n  {shell_line(job, threads)}")
+            elif job.state == "pruned":
+                print(f"{job.run.name}: {STATE_WORDS['pruned']}")
         return 0
     command = command_line(args)
     pool = Pool(args.jobs, threads, out / "logs")

@@ -4,7 +4,10 @@ Every run is trained by its own ``python -m attnguard train`` process, so a cras
 stop the others and each run directory is an ordinary, resumable run. What a run still needs is read
 from its directory, never from memory of an earlier invocation: ``train.json`` saying complete (and the
 evaluation files asked for) means done; a checkpoint or a config.yaml without completion means resume;
-anything else trains from scratch.
+anything else trains from scratch. A complete run whose checkpoints were deleted to save space (its
+results kept as small files: config.yaml, train.json, eval*.json, e.g. copied back from a cluster) is
+done too, "checkpoints pruned": an evaluation it lacks cannot be made without the model, so it is
+reported as not possible, never attempted and never a reason to train the run again.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from ..errors import ConfigError
 from ..evaluation.run import eval_file_name  # the one source of the name (re-exported here)
 from .grid import Run
 
-STATES = ("done", "resume", "evaluate", "train")
-STATE_WORDS = {"done": "done", "resume": "to resume", "evaluate": "to evaluate", "train": "to train"}
+STATES = ("done", "pruned", "resume", "evaluate", "train")
+STATE_WORDS = {"done": "done", "pruned": "done, checkpoints pruned", "resume": "to resume",
+               "evaluate": "to evaluate", "train": "to train"}
 LOG_DIR = "logs"
 
 
@@ -36,6 +40,7 @@ class Job:
     path: Path
     state: str
     steps: List[List[str]] = field(default_factory=list)
+    impossible: List[str] = field(default_factory=list)  # evaluations wanted but without a model to run on
 
 
 def default_threads(jobs: int) -> int:
@@ -115,35 +120,59 @@ def plan(settings: Settings, runs: Sequence[Run], configs: Dict[str, object]) ->
                 raise ConfigError(f"{path} holds a run trained with other settings ({', '.join(diff)} differ); "
                                   "sweep into another --out, or remove that run directory")
         info = read_json(path / TRAIN_INFO_FILE) if (path / TRAIN_INFO_FILE).is_file() else None
-        complete = bool(info and info.get("complete", True)) and (path / CHECKPOINT_DIR / "last.pt").is_file()
+        complete = bool(info and info.get("complete", True))
+        has_last = (path / CHECKPOINT_DIR / "last.pt").is_file()
+        # trained to the end, then its checkpoints deleted: evaluable only while best.pt is left
+        pruned = complete and not has_last
+        evaluable = not pruned or (path / CHECKPOINT_DIR / "best.pt").is_file()
         steps: List[List[str]] = []
+        impossible: List[str] = []
+
+        def evaluation(argv: List[str], what: str) -> None:
+            (steps if evaluable else impossible).append(argv if evaluable else what)
+
         if complete:
-            state = "done"
-        elif has_config or (path / CHECKPOINT_DIR / "last.pt").is_file():
+            state = "pruned" if pruned else "done"
+        elif has_config or has_last:
             state = "resume"
             steps.append(_resume_argv(settings, path))
         else:
             state = "train"
             steps.append(_train_argv(settings, run, path))
         ev_cfg = (saved or cfg).eval
-        if state == "done" and not settings.no_eval and not (path / EVAL_FILE).is_file():
+        if complete and not settings.no_eval and not (path / EVAL_FILE).is_file():
             # trained, but the final evaluation did not finish: run it as train would have
-            steps.append(_final_eval_argv(settings, saved or cfg, path))
+            evaluation(_final_eval_argv(settings, saved or cfg, path), f"the final evaluation ({EVAL_FILE})")
         if settings.eval_attacks:
             n = settings.eval_n if settings.eval_n is not None else ev_cfg.n_examples
             extra = path / eval_file_name(settings.eval_attacks, n)
             if not extra.is_file():
-                steps.append(_extra_eval_argv(settings, run, path, extra, n))
-        if state == "done" and steps:
+                evaluation(_extra_eval_argv(settings, run, path, extra, n),
+                           f"--eval-attacks {','.join(settings.eval_attacks)} on {n} examples ({extra.name})")
+        if complete and steps:
             state = "evaluate"
-        jobs.append(Job(run, path, state, steps))
+        jobs.append(Job(run, path, state, steps, impossible))
     return jobs
 
 
 def plan_line(jobs: Sequence[Job]) -> str:
+    """``8 runs: 5 done (2 with checkpoints pruned), 1 to resume, 2 to train`` (to evaluate: only when some are)."""
     counts = {s: sum(j.state == s for j in jobs) for s in STATES}
-    parts = [f"{counts[s]} {STATE_WORDS[s]}" for s in STATES if counts[s] or s in ("done", "resume", "train")]
+    pruned = counts.pop("pruned")
+    counts["done"] += pruned
+    note = f" ({pruned} with checkpoints pruned)" if pruned else ""
+    parts = [f"{counts[s]} {STATE_WORDS[s]}" + (note if s == "done" else "")
+             for s in counts if counts[s] or s in ("done", "resume", "train")]
     return f"{len(jobs)} runs: " + ", ".join(parts)
+
+
+def impossible_lines(jobs: Sequence[Job]) -> List[str]:
+    """One line per evaluation that a run with pruned checkpoints lacks (not attempted)."""
+    from ..rundir import CHECKPOINT_DIR
+
+    return [f"not possible: {job.run.name}: {what}: its checkpoints were pruned (no {CHECKPOINT_DIR}/last.pt "
+            "or best.pt); put them back, or remove the run directory to train it again"
+            for job in jobs for what in job.impossible]
 
 
 def _train_argv(settings: Settings, run: Run, path: Path) -> List[str]:
