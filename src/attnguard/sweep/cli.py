@@ -63,17 +63,20 @@ def command_line(args) -> str:
         if not action.option_strings or action.dest in ("help",):
             continue
         value = getattr(args, action.dest, None)
-        flag = action.option_strings[-1]
-        if value is None or value is False or value == action.default:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, str(value)]
+        if value != action.default:
+            argv += _flag_args(action.option_strings[-1], value)
     return shlex.join(argv)
+
+
+def _flag_args(flag: str, value) -> List[str]:
+    """A parsed flag back as argv: nothing when unset, the bare flag when on, repeated for a list."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [flag]
+    if isinstance(value, list):
+        return [a for v in value for a in (flag, str(v))]
+    return [flag, str(value)]
 
 
 def _comma(text: str, flag: str) -> List[str]:
@@ -109,16 +112,7 @@ def _base(args):
         if action.dest not in TRAIN_FLAGS:
             continue
         value = config if action.dest == "config" else getattr(args, action.dest)
-        flag = action.option_strings[0]
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, str(value)]
+        argv += _flag_args(action.option_strings[0], value)
     return argv, overrides, config
 
 
