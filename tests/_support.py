@@ -49,3 +49,15 @@ def train_tiny_lenet(x, y, steps: int = 150):
     for p in model.parameters():
         p.grad = None
     return model.eval()
+
+
+def hand_examples():
+    """8 two-class examples on 1x2x2 images whose numbers are checked by hand: pixel (0, 0) is 0.55 for
+    label 1 and 0.45 for label 0 (a threshold at 0.5 classifies them), pixel (1, 1) is the id / 10 (ids
+    0..7, so a fake attack can pick examples by id); example 7 is misclassified clean (label 1, pixel 0.45)."""
+    labels = torch.tensor([1, 0, 1, 0, 1, 0, 1, 1])
+    x = torch.zeros(8, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.where(labels == 1, 0.55, 0.45)
+    x[7, 0, 0, 0] = 0.45
+    x[:, 0, 1, 1] = torch.arange(8) / 10
+    return x, labels

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _support import train_tiny_lenet
+from _support import hand_examples, train_tiny_lenet
 from torch import nn
 
 from attnguard import create_model
@@ -54,18 +54,8 @@ class Flip:
         return x_adv
 
 
-def hand_fixture():
-    """8 examples, ids 0..7; example 7 is misclassified clean (label 1, pixel 0.45)."""
-    labels = torch.tensor([1, 0, 1, 0, 1, 0, 1, 1])
-    x = torch.zeros(8, 1, 2, 2)
-    x[:, 0, 0, 0] = torch.where(labels == 1, 0.55, 0.45)
-    x[7, 0, 0, 0] = 0.45
-    x[:, 0, 1, 1] = torch.arange(8) / 10
-    return x, labels
-
-
 def run_hand(**kw):
-    x, y = hand_fixture()
+    x, y = hand_examples()
     attacks = [Flip("flip-a", {0, 1, 2}), Flip("flip-b", {2, 3, 7})]
     return evaluate(Threshold(), x, y, attacks, 0.1, progress=False, batch_size=3, **kw)
 
@@ -99,13 +89,13 @@ def test_worst_case_is_per_example_and_hand_checked():
 
 
 def test_no_attacks_worst_case_is_clean():
-    x, y = hand_fixture()
+    x, y = hand_examples()
     r = evaluate(Threshold(), x, y, [], 0.1, progress=False)
     assert r["attacks"] == {} and r["worst_case"] == r["clean"] == pytest.approx(7 / 8)
 
 
 def test_eval_mode_inside_and_modes_restored():
-    x, y = hand_fixture()
+    x, y = hand_examples()
     model = Threshold()
     model.train()
     model.drop.eval()  # a mixed state must come back exactly
@@ -140,7 +130,7 @@ def test_rng_state_untouched_and_results_reproducible():
     (lambda x, y: (x[:0], y[:0]), "empty"),
 ])
 def test_bad_inputs_raise_one_line_data_errors(mutate, match):
-    x, y = hand_fixture()
+    x, y = hand_examples()
     x, y = mutate(x, y)
     with pytest.raises(DataError, match=match) as e:
         evaluate(Threshold(), x, y, [], 0.1, progress=False)
@@ -149,14 +139,14 @@ def test_bad_inputs_raise_one_line_data_errors(mutate, match):
 
 @pytest.mark.parametrize("eps", [2, -0.1, float("nan"), "0.1", True])
 def test_bad_eps(eps):
-    x, y = hand_fixture()
+    x, y = hand_examples()
     with pytest.raises(ConfigError, match="eps") as e:
         evaluate(Threshold(), x, y, [], eps, progress=False)
     assert "\n" not in str(e.value)
 
 
 def test_bad_attacks():
-    x, y = hand_fixture()
+    x, y = hand_examples()
     m = Threshold()
     with pytest.raises(UnknownNameError, match="pgd-K"):
         evaluate(m, x, y, ["pgd"], 0.1, progress=False)
@@ -169,7 +159,7 @@ def test_bad_attacks():
 
 
 def test_an_attack_leaving_the_ball_is_refused():
-    x, y = hand_fixture()
+    x, y = hand_examples()
 
     def too_far(model, xb, yb):  # a plain function (no eps attribute) that moves pixel (0, 0) to 1
         out = xb.clone()
@@ -319,7 +309,7 @@ def test_zero_gradient_mask_by_hand():
 # ---------------------------------------------------------------- writers and the CLI-facing function
 
 def test_write_eval_and_format_table(tmp_path):
-    x, y = hand_fixture()
+    x, y = hand_examples()
     r = run_hand(dataset="toy")
     r["sanity"] = [{"check": "demo", "status": "warn", "detail": "3 of 8 [first 8 examples]"}]
     json_path, md_path = write_eval(r, tmp_path / "out")
@@ -432,7 +422,7 @@ class Staged(Flip):
 
 
 def test_components_are_stitched_across_batches_and_masked_by_clean():
-    x, y = hand_fixture()
+    x, y = hand_examples()
     r, per = evaluate(Threshold(), x, y, [Staged()], 0.1, progress=False, batch_size=3, return_per_example=True)
     # 8 examples in batches of 3, 3, 2; example 7 is wrong clean. After "first": 2..6 robust (5 of 8);
     # after "square": 4, 5, 6 (3 of 8), which is the attack's own column.

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from _support import hand_examples
 from torch import nn
 
 from attnguard.attacks.registry import ATTACKS, build_attack, parse_attack
@@ -54,16 +55,6 @@ def flip_family():
     ATTACKS.remove("flip-IDS")
 
 
-def hand():
-    """8 examples, ids 0..7; example 7 is misclassified clean."""
-    labels = torch.tensor([1, 0, 1, 0, 1, 0, 1, 1])
-    x = torch.zeros(8, 1, 2, 2)
-    x[:, 0, 0, 0] = torch.where(labels == 1, 0.55, 0.45)
-    x[7, 0, 0, 0] = 0.45
-    x[:, 0, 1, 1] = torch.arange(8) / 10
-    return x, labels
-
-
 def test_parse_attack_reads_the_suffix_in_one_place():
     spec = parse_attack("autoattack@300")
     assert (spec.name, spec.family, spec.subset) == ("autoattack", "autoattack", 300)
@@ -90,7 +81,7 @@ def test_eval_attacks_in_configs_accept_the_suffix():
 
 
 def test_evaluate_runs_an_attack_on_the_first_n(flip_family):
-    x, y = hand()
+    x, y = hand_examples()
     # batch 3: the subset of 4 ends inside the second batch
     r, per = evaluate(Threshold(), x, y, ["flip-012", "flip-237@4"], 0.1, progress=False, batch_size=3,
                       return_per_example=True)
