@@ -8,6 +8,14 @@ channels_last), so the row is the fp32 one and is not measured twice.
 
     python benchmarks/bench_attacks.py                     # CPU, batch 32, ~1 min on 2 cores
     python benchmarks/bench_attacks.py --device cuda       # batch 512
+
+``--evaluation`` times the whole evaluation instead (issue 14's PGD evaluation target): on a trained
+checkpoint (default: the default run's LeNet, tests/fixtures/defrun-lenet-madry-aad.pt) and the first
+``--n-examples`` test digits, ``attnguard.evaluate(model, x, y, ["pgd-K"])`` against a torchattacks
+loop with the same eps, step and steps (``torchattacks.PGD`` per batch, then one forward on its
+output to count the robust examples; no clean pass, which attnguard's figure includes), both fp32:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_attacks.py --evaluation --threads 1 --repeats 7
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import _common as C  # noqa: E402
 from attnguard import create_model  # noqa: E402
 from attnguard.attacks import PGD  # noqa: E402
 
+DEFAULT_CHECKPOINT = C.REPO / "tests" / "fixtures" / "defrun-lenet-madry-aad.pt"
 # name -> (registry name, input shape, eps, alpha)
 MODELS = {
     "preact-resnet18": ("preact-resnet18", (3, 32, 32), 8 / 255, 2 / 255),
@@ -36,8 +45,20 @@ def main(argv=None) -> str:
     p = C.base_parser(__doc__.splitlines()[0], cpu_batch=32, cuda_batch=512, cpu_repeats=5)
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--steps", type=int, default=10, help="PGD iterations")
+    p.add_argument("--evaluation", action="store_true",
+                   help="time attnguard.evaluate(..., ['pgd-K']) on a trained checkpoint against a torchattacks loop")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="--evaluation: the model")
+    p.add_argument("--dataset", default="mnist-5k", help="--evaluation: its test split is attacked")
+    p.add_argument("--n-examples", type=int, default=512, help="--evaluation: the first N test examples")
+    p.add_argument("--eps", type=float, default=0.3, help="--evaluation: L-inf radius (step 2.5 eps / K)")
     args = p.parse_args(argv)
+    if args.evaluation and args.batch_size is None:
+        args.batch_size = 256  # evaluate()'s default
     device = C.finish_args(args)
+    if args.evaluation:
+        from _bench_eval import bench_evaluation
+
+        return bench_evaluation(args, device)
     import torchattacks
 
     before = C.machine(device)

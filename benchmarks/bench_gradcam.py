@@ -42,6 +42,12 @@ def imagenet_resnet18() -> NormalizedModel:
                            attention_layer="net.layer4", group_layers=groups, classifier="net.fc")
 
 
+def _hook_count(model: torch.nn.Module) -> int:
+    """Forward / backward hooks registered on any module of ``model`` (attnguard removes its own after each call)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
 def bench_model(label, model, shape, args, device):
     from pytorch_grad_cam import GradCAM
 
@@ -49,11 +55,19 @@ def bench_model(label, model, shape, args, device):
     x, _ = C.random_batch(args.batch_size, shape, model.num_classes, device, args.seed)
     size = shape[-2:]
     cuda = device.type == "cuda"
-    if cuda:  # copied before pytorch-grad-cam hooks the model
-        fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    # Each candidate gets its own copy of the model (same weights), so that no candidate's hooks run in
+    # another's timed calls: pytorch-grad-cam keeps forward hooks on its model for its whole life, and on
+    # CUDA they copy the activations to the host (.cpu(), a sync) on every forward.
+    models = {"attnguard": model, "pytorch-grad-cam": copy.deepcopy(model)}
+    if cuda:
+        models["attnguard fast"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-    layer = model.get_submodule("net.layer4")
-    pgc = GradCAM(model=model, target_layers=[layer])
+    theirs_model = models["pytorch-grad-cam"]
+    pgc = GradCAM(model=theirs_model, target_layers=[theirs_model.get_submodule("net.layer4")])
+    model, fast_model = models["attnguard"], models.get("attnguard fast")
+    hooked = {k: _hook_count(m) for k, m in models.items() if k != "pytorch-grad-cam"}
+    if any(hooked.values()):  # a hook on an attnguard candidate's model would tax its timings
+        raise SystemExit(f"hooks found on the attnguard candidates' models: {hooked}")
     out = {}
 
     def full(closed):
