@@ -199,7 +199,7 @@ def test_export_safetensors(run, tmp_path, capsys):
 
 def test_set_reads_exponent_numbers():
     """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; ``--set`` takes it as the number it looks like."""
-    from attnguard.cli import _parse_set
+    from attnguard.train.overrides import parse_set as _parse_set
 
     assert _parse_set(["optim.lr=1e-3", "train.epochs=2", "seed=7", "train.amp=off", "eval.attacks=[fgsm]",
                        "optim.grad_clip=null"]) == {

@@ -8,13 +8,14 @@ traceback); 3 training diverged (the loss became NaN or inf; the last good check
 from __future__ import annotations
 
 import argparse
-import re
+import shlex
 import sys
 from typing import List, Optional
 
 from .errors import AttnGuardError, ConfigError
 from .sweep.cli import add_sweep_parser, cmd_sweep
-from .utils.numbers import is_fraction, number_arg, parse_number
+from .train.overrides import parse_set, train_overrides
+from .utils.numbers import number_arg
 
 EPILOG = """examples:
   attnguard train                                  # AAD MNIST row (LeNet, madry+aad, eps 0.3) on mnist-5k, CPU
@@ -47,33 +48,6 @@ def _comma_list(text: str) -> List[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
-
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _parse_set(values: Optional[List[str]]) -> dict:
-    import yaml
-
-    from .train.config import set_path
-
-    out: dict = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {item!r}")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
-            value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: train.amp=off means "off"
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        elif is_fraction(value):
-            value = parse_number(value, key.strip())  # adversary.eps=8/255; 8/0 is a one-line error
-        set_path(out, key.strip(), value)
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,26 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_overrides(args) -> dict:
-    from .train.config import set_path
-
-    o = _parse_set(args.set)
-    for flag, key in [("dataset", "data.name"), ("data_root", "data.root"), ("download", "data.download"),
-                      ("model", "model.name"), ("defense", "defense.preset"), ("epochs", "train.epochs"),
-                      ("eps", "adversary.eps"), ("batch_size", "train.batch_size"), ("lr", "optim.lr"),
-                      ("seed", "seed"), ("device", "train.device"), ("out", "out")]:
-        value = getattr(args, flag)
-        if value is not None:
-            set_path(o, key, value)
-    return o
-
-
 def cmd_train(args) -> int:
     from .train.config import resolve_config
     from .train.rundir import finished_checkpoint, resume_config_file, resume_conflicts
     from .train.validate import check_names
 
-    overrides = _train_overrides(args)
+    overrides = train_overrides(args)
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config")
@@ -226,12 +186,47 @@ def cmd_train(args) -> int:
     else:
         cfg = resolve_config(args.config, overrides)
     check_names(cfg)
+    from pathlib import Path
+
+    from .train.interrupt import TrainingInterrupted
     from .train.trainer import train
 
-    run = train(cfg, resume=args.resume)
+    where = {"run": Path(cfg.out) if cfg.out else None}
+
+    def echo(*parts, **kw):  # a default run directory (runs/<time>-...) is known once the trainer names it
+        text = " ".join(map(str, parts))
+        if text.startswith(RUN_DIR_LINE):
+            where["run"] = Path(text[len(RUN_DIR_LINE):])
+        print(*parts, **kw)
+
+    try:
+        run = train(cfg, resume=args.resume, echo=echo)
+    except TrainingInterrupted:
+        raise  # stopped at a step boundary: its message says what it saved
+    except KeyboardInterrupt as e:
+        raise KeyboardInterrupt(_hard_stop_message(where["run"])) from e
     if not args.no_eval and _is_main_process():
-        _final_eval(run, cfg)
+        try:
+            _final_eval(run, cfg)
+        except KeyboardInterrupt as e:
+            raise KeyboardInterrupt(f"interrupted during the final evaluation: training of {run} is complete, no "
+                                    f"eval.json written; evaluate with: attnguard eval {shlex.quote(str(run))}") from e
     return 0
+
+
+RUN_DIR_LINE = "run directory: "  # the trainer's first line of a new run
+
+
+def _hard_stop_message(run) -> str:
+    """A Ctrl-C that could not wait for the step boundary (a second Ctrl-C, or one during setup): what
+    the run directory holds, and the command that resumes it."""
+    from .train.interrupt import resume_command
+
+    if run is None or not (run / "config.yaml").is_file():
+        return "interrupted before the run directory was written; nothing saved"
+    last = run / "checkpoints" / "last.pt"
+    held = f"the last checkpoint is {last}" if last.is_file() else "no checkpoint yet (it restarts from step 0)"
+    return f"interrupted mid-step, nothing new saved; {held}; resume with: {resume_command(run)}"
 
 
 def _is_main_process() -> bool:
@@ -342,7 +337,7 @@ def cmd_export(args) -> int:
 def cmd_study(args) -> int:
     from .studies import run_study
 
-    ctx = run_study(args.name, args.runs, out=args.out, options=_parse_set(args.set), device=args.device,
+    ctx = run_study(args.name, args.runs, out=args.out, options=parse_set(args.set), device=args.device,
                     force=args.force)
     print(f"wrote {ctx.png} and {ctx.json}")
     return 0

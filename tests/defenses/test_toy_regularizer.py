@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from attnguard.cli import _parse_set
+from attnguard.train.overrides import parse_set as _parse_set
 from attnguard.defenses import REGULARIZERS, AdversaryConfig, DefenseConfig, Regularizer, build_objective
 from attnguard.defenses.params import check_weight
 from attnguard.errors import ConfigError, UnknownNameError

@@ -99,11 +99,11 @@ def _check_numbers(args) -> None:
 
 def _base(args):
     """The pass-through train flags as train argv (--config made absolute) and as a nested override dict."""
-    from ..cli import _train_overrides
+    from ..train.overrides import train_overrides
 
     ns = argparse.Namespace(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     ns.seed, ns.out = None, None
-    overrides = _train_overrides(ns)
+    overrides = train_overrides(ns)
     config = args.config
     if config and Path(config).is_file():
         config = str(Path(config).resolve())  # the printed commands must work from any directory

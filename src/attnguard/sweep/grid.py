@@ -72,9 +72,9 @@ def canonical_key(key: str) -> str:
 
 def parse_value(key: str, raw: str):
     """A value read exactly as ``--set KEY=VALUE`` reads it (YAML, with the CLI's number fixes)."""
-    from ..cli import _parse_set  # lazily: attnguard.cli imports this package
+    from ..train.overrides import parse_set
 
-    node = _parse_set([f"{key}={raw}"])
+    node = parse_set([f"{key}={raw}"])
     for part in key.split("."):
         node = node[part]
     return node
