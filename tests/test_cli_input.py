@@ -159,6 +159,17 @@ def test_table_title_does_not_break_words_at_120_columns():
         assert w in title_words, text
 
 
+@pytest.mark.parametrize("columns", [120, 200])
+def test_eval_prints_the_title_unbroken_on_a_wide_terminal(tiny_run, tmp_path, capsys, monkeypatch, columns):
+    run = tmp_path / "20250101-120000-mnist-5k-lenet-madry+aad-seed2-a-long-run-name"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setenv("COLUMNS", str(columns))  # rich's width where stdout is no terminal
+    assert _main(["eval", run, "--attacks", "fgsm", "--n-examples", "10", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].strip() == f"model: {run.name} (lenet)", lines[:3]
+    assert lines[1].split() == ["dataset:", "mnist-5k", "·", "eps:", "0.3", "(linf)", "·", "examples:", "10"]
+
+
 # ---------------------------------------------------------------- exports
 def test_eval_of_an_export_equals_eval_of_the_run(tiny_run, tmp_path, capsys):
     export = tmp_path / "m.safetensors"
@@ -265,6 +276,7 @@ def test_autoattack_breakdown_in_eval_json_table_and_report(tiny_run, tmp_path, 
                                                                                   for c in robust]
     for c, acc in robust.items():
         assert cells[f"autoattack, after {c}"] == f"{100 * acc:.1f}"
+    assert cells["n (examples)"] == "48 (autoattack 24; worst case 24)"  # the table mixes subsets: it says so
 
 
 # ---------------------------------------------------------------- progress by queries
