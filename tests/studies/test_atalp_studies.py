@@ -93,6 +93,15 @@ def test_transfer_curves_sources_are_checked(mnist_runs, tmp_path, capsys):
     assert "2 target run(s) but 3 sources" in capsys.readouterr().err
 
 
+def test_runs_given_by_checkpoint_keep_their_run_name(box_runs):
+    # RUN/checkpoints/last.pt picks the last epoch over best.pt; the legends must still say which run it is
+    from attnguard.studies._runs import run_label, run_name
+
+    last = RunDir(box_runs[0] / "checkpoints" / "last.pt")
+    assert run_name(last) == "at+alp/last" and run_label(last) == "at+alp/last (at+alp)"
+    assert run_name(RunDir(box_runs[1])) == "madry" and run_label(RunDir(box_runs[1])) == "madry"
+
+
 def test_group_maps_distance_is_the_pairing_term(box_runs, tmp_path):
     got = _study("group-maps", box_runs, tmp_path, "n=2", "n_stats=16", "attack=pgd-2")
     assert got["n"] == 16 and got["n_shown"] == 2 and [r["defense"] for r in got["runs"]] == ["at+alp", "madry"]

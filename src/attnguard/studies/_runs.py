@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List
 
 from ..errors import ConfigError
-from ..rundir import RunDir
+from ..rundir import CHECKPOINT_DIR, RunDir
 
 
 def runs_on_one_dataset(ctx) -> List[RunDir]:
@@ -14,16 +15,26 @@ def runs_on_one_dataset(ctx) -> List[RunDir]:
     runs = [RunDir(r) for r in ctx.runs]
     datasets = {r.dataset for r in runs}
     if len(datasets) > 1:
-        listed = ", ".join(f"{r.name}: {r.dataset}" for r in runs)
+        listed = ", ".join(f"{run_name(r)}: {r.dataset}" for r in runs)
         raise ConfigError(f"study '{ctx.name}' compares models on the same test examples; the runs are on "
                           f"different datasets ({listed})")
     return runs
 
 
+def run_name(run: RunDir) -> str:
+    """The run's name in legends and labels: the directory name, or for a checkpoint file inside a run
+    directory (``RUN/checkpoints/last.pt``) ``RUN/last``, so that runs given by their checkpoint (to pick
+    ``last`` over ``best``) stay distinguishable instead of all reading ``last``."""
+    target = Path(run.target)
+    if target.is_file() and target.parent.name == CHECKPOINT_DIR and target.parent.parent.name:
+        return f"{target.parent.parent.name}/{target.stem}"
+    return run.name
+
+
 def run_label(run: RunDir) -> str:
     """``name (defense)``, the defense as the run's config names it (``defense.preset``); the name alone if equal."""
-    preset = run.get("defense.preset")
-    return f"{run.name} ({preset})" if preset and preset != run.name else run.name
+    preset, name = run.get("defense.preset"), run_name(run)
+    return f"{name} ({preset})" if preset and preset != name else name
 
 
 def items_option(ctx, key: str) -> List[str]:

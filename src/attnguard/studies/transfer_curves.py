@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..rundir import RunDir, parse_eps
 from ..utils.modes import eval_mode
 from ._maps import device_of, eps_option, int_option
-from ._runs import items_option, run_label
+from ._runs import items_option, run_label, run_name
 from .registry import STUDIES
 
 OPTIONS = {"sources": None, "iterations": "10,20,50,100,200", "n": 500, "eps": None, "step_size": None,
@@ -92,12 +92,12 @@ def _pair_notes(i: int, src: RunDir, tgt: RunDir, setting: str, eps: float) -> L
     notes = []
     if setting == "gray-box":
         if src.get("defense.preset") != tgt.get("defense.preset"):
-            notes.append(f"pair {i + 1}: the gray-box source {src.name} has defense {src.get('defense.preset')}, "
+            notes.append(f"pair {i + 1}: the gray-box source {run_name(src)} has defense {src.get('defense.preset')}, "
                          f"the target {tgt.get('defense.preset')} (AT+ALP's gray-box attacker uses the same defense)")
         if src.seed == tgt.seed:
             notes.append(f"pair {i + 1}: source and target share seed {tgt.seed}; not an independently trained copy")
     if abs(tgt.eps - eps) > 1e-9:
-        notes.append(f"{tgt.name} was trained at eps {tgt.eps:.4g}, attacked at {eps:.4g}")
+        notes.append(f"{run_name(tgt)} was trained at eps {tgt.eps:.4g}, attacked at {eps:.4g}")
     return notes
 
 
@@ -139,7 +139,7 @@ def transfer_curves(ctx) -> dict:
     iterations, n, seed = _iterations(ctx), int_option(ctx, "n"), int_option(ctx, "seed", lo=0)
     datasets = {r.dataset for r in targets + sources}
     if len(datasets) > 1:
-        listed = ", ".join(dict.fromkeys(f"{r.name}: {r.dataset}" for r in targets + sources))
+        listed = ", ".join(dict.fromkeys(f"{run_name(r)}: {r.dataset}" for r in targets + sources))
         raise ConfigError(f"study '{ctx.name}': the targets and sources must share a dataset; got {listed}")
     eps = eps_option(ctx, targets[0].eps)
     step = None if o["step_size"] in (None, "") else parse_eps(o["step_size"])
@@ -179,7 +179,7 @@ def transfer_curves(ctx) -> dict:
                 adv_ok = predict(t_model, crafted[key]).argmax(1) == y
             acc.append(round(float((clean_ok & adv_ok).float().mean()), 4))
         pairs.append({"target": str(tgt), "target_label": run_label(tgt), "defense": tgt.get("defense.preset"),
-                      "arch": arch_text(tgt), "source": str(src), "source_name": src.name,
+                      "arch": arch_text(tgt), "source": str(src), "source_name": run_name(src),
                       "source_defense": src.get("defense.preset"), "source_arch": arch_text(src), "setting": setting,
                       "clean_accuracy": round(float(clean_ok.float().mean()), 4), "accuracy": acc})
 
