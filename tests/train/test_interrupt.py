@@ -1,11 +1,13 @@
 """Nothing lost on an interrupt, through ``attnguard train``: Ctrl-C saves ``last.pt`` at the next step
 boundary (exit 130, one line with the resume command), ``train.checkpoint_minutes`` checkpoints
 mid-epoch on the wall clock, and ``--resume`` of a run killed before its first checkpoint starts
-from step 0. Tiny runs: LeNet width 0.25, 6 steps of batch 50, CPU."""
+from step 0. A stop that cannot wait (a second Ctrl-C, or one during setup or the final evaluation) also
+says what the run directory holds and the command that continues. Tiny runs: LeNet width 0.25, 6 steps of batch 50, CPU."""
 
 import json
 import os
 import signal
+from pathlib import Path
 
 import torch
 
@@ -92,12 +94,54 @@ def test_resume_without_a_checkpoint_starts_from_step_0(tmp_path, monkeypatch, c
         raise KeyboardInterrupt  # a hard stop inside the step: nothing can be saved consistently
 
     _step_hook(monkeypatch, 1, die)
+    capsys.readouterr()
     assert main(["train", *TINY, "--out", str(run)]) == 130
     assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    err = capsys.readouterr().err.strip().splitlines()  # what was saved, and the command that resumes
+    assert len(err) == 1 and "no checkpoint yet" in err[0], err
+    assert err[0].endswith(f"resume with: attnguard train --out {run} --resume")
     monkeypatch.undo()
-    capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert "no checkpoint yet; training starts from step 0" in out
     assert _weights(run / "checkpoints" / "last.pt")["step"] == 6
     assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6, 6]
+
+
+def _die(self):
+    raise KeyboardInterrupt  # a second Ctrl-C: it cannot wait for the step boundary
+
+
+def test_a_hard_stop_names_the_last_checkpoint_and_the_default_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no --out: the run directory is runs/<time>-..., named by the trainer
+    _step_hook(monkeypatch, 4, _die)  # checkpoints after steps 1-3 (every step is past the interval)
+    assert main(["train", *TINY, "--set", "train.checkpoint_minutes=1e-9"]) == 130
+    run, = (tmp_path / "runs").iterdir()
+    assert _weights(run / "checkpoints" / "last.pt")["step"] == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the last checkpoint is {Path('runs') / run.name / 'checkpoints' / 'last.pt'}" in err[0]
+    assert err[0].endswith(f"resume with: attnguard train --out {Path('runs') / run.name} --resume"), err
+
+
+def test_an_interrupt_during_the_final_evaluation_says_training_is_complete(tmp_path, monkeypatch, capsys):
+    from attnguard import cli
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(cli, "_final_eval", lambda run, cfg: _die(None))
+    assert main(["train", *[a for a in TINY if a != "--no-eval"], "--out", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training of" in err[0] and "is complete" in err[0], err
+    assert err[0].endswith(f"evaluate with: attnguard eval {run}")
+    assert json.loads((run / "train.json").read_text())["complete"] and not (run / "eval.json").exists()
+
+
+def test_ctrl_c_before_the_run_directory_exists(tmp_path, monkeypatch, capsys):
+    from attnguard.train import trainer
+
+    def stop(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", stop)  # e.g. while the dataset loads
+    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["interrupted before the run directory was written; nothing saved"]
