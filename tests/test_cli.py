@@ -107,7 +107,8 @@ def test_train_writes_the_documented_files(run):
     # eval.json / eval.md
     ev = json.loads((run / "eval.json").read_text())
     assert set(KEYS) <= ev.keys()
-    assert ev["n_examples"] == 100 and ev["eps"] == 0.3 and list(ev["attacks"]) == ["fgsm", "pgd-20", "cw-20"]
+    assert ev["n_examples"] == 100 and ev["eps"] == 0.3
+    assert list(ev["attacks"]) == ["fgsm", "pgd-20", "cw-20", "autoattack"]  # the default: autoattack@100
     assert 0 <= ev["worst_case"] <= min(ev["attacks"].values()) <= ev["clean"] <= 1
     md = (run / "eval.md").read_text()
     assert md.startswith("# Robustness evaluation") and "worst case" in md
