@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(attnguard list datasets); a run is evaluated on its own dataset")
     e.add_argument("--data-root", metavar="DIR", help="where a torchvision dataset lives (default: the run's data.root)")
     e.add_argument("--attacks", type=_comma_list, default=None, metavar="LIST",
-                   help="comma-separated attack names (attnguard list attacks); default fgsm,pgd-20,cw-20")
+                   help="comma-separated attack names (attnguard list attacks); default: the run's eval.attacks "
+                   "(an export's or a bare checkpoint's: the train default)")
     e.add_argument("--eps", type=number_arg, default=None, metavar="E", help="e.g. 0.3 or 8/255; default: the "
                    "run's eval.eps, else its training eps")
-    e.add_argument("--n-examples", type=int, default=1000, metavar="N", help="first N test examples")
+    e.add_argument("--n-examples", type=int, default=None, metavar="N", help="first N test examples (default: "
+                   "the run's eval.n_examples)")
     e.add_argument("--sanity", action="store_true", help="run the Carlini et al. 2019 sanity checks")
     e.add_argument("--out", metavar="FILE", help="eval.json path or directory (default: eval.json next to the "
                    "model, or eval-<attacks>-n<N>.json when eval.json exists); an existing file is refused "
@@ -257,14 +259,19 @@ def cmd_eval(args) -> int:
 
     from .rundir import RunDir
 
-    attacks = args.attacks or ["fgsm", "pgd-20", "cw-20"]
+    from .train.config import EvalConfig
+
     target = RunDir(args.target, dataset=args.dataset, data_root=args.data_root)
+    # one source of defaults: what the run was configured to be evaluated with, else the train default
+    attacks = args.attacks or target.get("eval.attacks") or EvalConfig().attacks
+    n_examples = args.n_examples if args.n_examples is not None else \
+        (target.get("eval.n_examples") or EvalConfig().n_examples)
     target.dataset  # noqa: B018 -- a missing or conflicting dataset fails now, in one line
     if args.eps is None:
         target.eps  # noqa: B018 -- likewise an export that records no eps
     # chosen (and a bad or taken --out refused) before the possibly hours-long evaluation, not after
-    out = choose_eval_out(target, args.out, attacks, args.n_examples, force=args.force)
-    result = run_eval(target, attacks, eps=args.eps, n_examples=args.n_examples, sanity=args.sanity,
+    out = choose_eval_out(target, args.out, attacks, n_examples, force=args.force)
+    result = run_eval(target, attacks, eps=args.eps, n_examples=n_examples, sanity=args.sanity,
                       out=out, device=args.device, batch_size=args.batch_size, seed=args.seed)
     _print_table(format_table(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
