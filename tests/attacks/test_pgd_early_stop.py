@@ -82,6 +82,8 @@ def test_evaluate_uses_early_stop_for_named_pgd_and_leaves_objects_alone(trained
     built = build_attack("pgd-10", 0.1)
     assert evaluation_variant(built).early_stop and not built.early_stop
     assert evaluation_variant(build_attack("cw-10", 0.1)).early_stop
+    a3 = build_attack("a3-pgd-10", 0.1)  # judged by the same rule as the PGD beside it in a table
+    assert evaluation_variant(a3).inner.early_stop and not a3.inner.early_stop
     assert not evaluation_variant(mine).early_stop
     assert not getattr(evaluation_variant(build_attack("fgsm", 0.1)), "early_stop", False)
 

@@ -297,13 +297,21 @@ def _attack_correct(model, attacks, images, labels, eps, *, norm, batch_size, de
 def evaluation_variant(attack):
     """The attack as the evaluation runs it: a PGD built from a name (``pgd-K``, ``pgd-KxR``, ``cw-K``)
     gets ``early_stop`` (an example leaves the later steps once an iterate fooled it; at least as strong
-    as judging the last iterate, and cheaper: see :class:`~attnguard.attacks.pgd.PGD`). A copy is
-    returned; objects the caller built keep their own settings."""
+    as judging the last iterate, and cheaper: see :class:`~attnguard.attacks.pgd.PGD`), and so does the
+    PGD inside a named ``a3-``/``a3n-`` attack, so that A3-PGD-k and PGD-k in one table are judged by
+    the same rule. A copy is returned; objects the caller built keep their own settings."""
+    from ..attacks.a3 import A3
     from ..attacks.pgd import PGD
 
-    if type(attack) is PGD and getattr(attack, "registry_name", None) and not attack.early_stop:
+    if not getattr(attack, "registry_name", None):
+        return attack
+    if type(attack) is PGD and not attack.early_stop:
         attack = copy.copy(attack)
         attack.early_stop = True
+    elif isinstance(attack, A3) and type(attack.inner) is PGD and not attack.inner.early_stop:
+        attack = copy.copy(attack)
+        attack.inner = copy.copy(attack.inner)
+        attack.inner.early_stop = True
     return attack
 
 
