@@ -52,6 +52,18 @@ def test_train_json_gives_time_and_training_machine(tmp_path):
     assert "Trained on: TestCPU (2 cores, 1 threads), torch 9.9" in aggregate_markdown([a])
 
 
+def test_cpu_seconds_column_only_when_every_run_recorded_them(tmp_path):
+    a = _run(tmp_path, "s0", 0, "11", {"pgd-20": "10"})
+    b = _run(tmp_path, "s1", 1, "11", {"pgd-20": "11"})
+    (a / "train.json").write_text(json.dumps({"seconds": 90.0, "cpu_seconds": 30.0}))
+    assert "train CPU (s)" not in aggregate_markdown([a, b])  # b (an older run) has no train.json
+    (b / "train.json").write_text(json.dumps({"seconds": 300.0, "cpu_seconds": 50.0}))
+    table = aggregate_markdown([a, b])
+    header, _, row = table.splitlines()[:3]
+    assert header.rstrip(" |").endswith("train CPU (s)")
+    assert row.rstrip(" |").endswith("195.0 ± 148.5 | 40.0 ± 14.1")  # wall (90, 300) then CPU (30, 50)
+
+
 def test_html_report_merges_every_evaluation_file(tmp_path):
     from attnguard.report import build_report
 

@@ -96,7 +96,7 @@ def run_summary(run) -> dict:
             "worst_cases": merged["worst_cases"],
             # AutoAttack's robust accuracy after each component, {attack: {"n_examples", "robust": {...}}}
             "components": merged.get("autoattack_components") or {},
-            "train_seconds": seconds, "system": system,
+            "train_seconds": seconds, "train_cpu_seconds": train_info.get("cpu_seconds"), "system": system,
             "train_system": train_info.get("system")}
 
 
@@ -171,10 +171,13 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
     # where attacks ran on different numbers of examples, a second worst case: over the attacks that
     # ran on the most examples, on all of those
     wide = any(len(s["worst_cases"]) > 1 for s in summaries)
+    # CPU seconds (train.json, all threads): on a shared machine the wall clock grows with the load,
+    # the CPU time much less; shown when every run recorded it (older runs did not)
+    cpu = all(s.get("train_cpu_seconds") is not None for s in summaries)
     head = ([*(group_by or ["dataset", "model", "defense", "eps"]), "seeds", "n (examples)"]
             + [c[0] for c in cols]
             + ["worst case"] + (["worst case (attacks run on the most examples)"] if wide else [])
-            + ["train time (s, incl. validation)"])
+            + ["train time (s, incl. validation)"] + (["train CPU (s)"] if cpu else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, members in groups.items():
         row = [_cell(v) for v in key] if group_by else [str(key[0]), str(key[1]), f"`{key[2]}`", f"{key[3]:.4g}"]
@@ -185,6 +188,8 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
         if wide:
             row.append(_ms([m["worst_cases"][-1]["accuracy"] for m in members]))
         row.append(_ms([m["train_seconds"] for m in members], scale=1.0))
+        if cpu:
+            row.append(_ms([m["train_cpu_seconds"] for m in members], scale=1.0))
         lines.append("| " + " | ".join(row) + " |")
     ns = sorted({f"{c}: {s['n'][c]}" for s in summaries for c in s["n"]})
     worst_n = " or ".join(str(n) for n in sorted({s["n_worst"] for s in summaries}))
