@@ -56,6 +56,16 @@ def group_attention(model, x: torch.Tensor, power: float = POWER,
     return torch.cat(probs), [torch.cat(m) for m in maps]
 
 
+def clean_and_adversarial_groups(run, attack: str, eps: float, x: torch.Tensor, y: torch.Tensor, device):
+    """``(model, x_adv, group_attention(x), group_attention(x_adv))`` of one run, ``x_adv`` crafted on it in
+    eval mode with the run's seed (the per-group maps of AT+ALP Fig. 4 and Table 3)."""
+    model = run.model(device)
+    atk = make_attack(attack, eps, seed=run.seed, num_classes=model.num_classes, device=device)
+    with eval_mode(model):
+        x_adv = attack_all(atk, model, x, y)
+    return model, x_adv, group_attention(model, x), group_attention(model, x_adv)
+
+
 def pairing_distance(map_clean: torch.Tensor, map_adv: torch.Tensor) -> torch.Tensor:
     """Per-example AT+ALP eq. 4 term (p = 2) between two ``[N, h, w]`` maps F(A): the L2 distance of the
     L2-normalized vectorized maps."""
@@ -93,12 +103,7 @@ def group_maps(ctx) -> dict:
 
     per_run, blocks = [], []
     for run in runs:
-        model = run.model(device)
-        atk = make_attack(attack, eps, seed=run.seed, num_classes=model.num_classes, device=device)
-        with eval_mode(model):
-            x_adv = attack_all(atk, model, x, y)
-        p_clean, m_clean = group_attention(model, x)
-        p_adv, m_adv = group_attention(model, x_adv)
+        model, x_adv, (p_clean, m_clean), (p_adv, m_adv) = clean_and_adversarial_groups(run, attack, eps, x, y, device)
         y_cpu = y.cpu()
         groups = []
         for j, layer in enumerate(model.group_layers):

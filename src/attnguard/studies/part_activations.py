@@ -25,16 +25,15 @@ from typing import List, Optional
 import torch
 
 from ..analysis._figures import new_figure, save_png, styled
-from ..analysis._run import attack_all, attack_name, load_test_data, make_attack
+from ..analysis._run import attack_name, load_test_data
 from ..analysis.boxes import load_boxes
 from ..analysis.iou import boxes_to_mask, mean_activation_in, nanmean
 from ..attention import upsample_cam
 from ..errors import DataError
 from ..io import atomic_write_text
-from ..utils.modes import eval_mode
 from ._maps import device_of, eps_option, int_option
 from ._runs import run_label, runs_on_one_dataset
-from .group_maps import group_attention
+from .group_maps import clean_and_adversarial_groups
 from .registry import STUDIES
 
 OPTIONS = {"n": 500, "attack": "pgd-20", "eps": None, "boxes": None}
@@ -133,12 +132,7 @@ def part_activations(ctx) -> dict:
 
     per_run = []
     for run in runs:
-        model = run.model(device)
-        atk = make_attack(attack, eps, seed=run.seed, num_classes=model.num_classes, device=device)
-        with eval_mode(model):
-            x_adv = attack_all(atk, model, x, y)
-        p_clean, m_clean = group_attention(model, x)
-        p_adv, m_adv = group_attention(model, x_adv)
+        model, x_adv, (p_clean, m_clean), (p_adv, m_adv) = clean_and_adversarial_groups(run, attack, eps, x, y, device)
         y_cpu = y.cpu()
         groups = [{"group": j, "layer": layer, "clean": region_stats(m_clean[j], region),
                    "adv": region_stats(m_adv[j], region)} for j, layer in enumerate(model.group_layers)]
