@@ -61,3 +61,21 @@ def hand_examples():
     x[7, 0, 0, 0] = 0.45
     x[:, 0, 1, 1] = torch.arange(8) / 10
     return x, labels
+
+
+def study_numbers(name, run_dirs, out, *sets):
+    """``attnguard study NAME RUN... --out OUT --set ...`` through the CLI: checks that NAME.png is a real
+    PNG and not a blank canvas, and returns the numbers of NAME.json."""
+    import json
+
+    from matplotlib.image import imread
+
+    from attnguard.cli import main
+
+    argv = ["study", name, *map(str, run_dirs), "--out", str(out), "--device", "cpu"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    img = imread(out / f"{name}.png")  # a real PNG (imread fails on anything else), and not a blank canvas
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300 and float(img[..., :3].var()) > 1e-3
+    return json.loads((out / f"{name}.json").read_text())["numbers"]

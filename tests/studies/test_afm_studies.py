@@ -3,15 +3,14 @@
 Runs: afm, fm-single and fm-multi, LeNet width 0.25 on mnist-5k, 3 training steps each, CPU. Each study
 writes a real, non-blank PNG and the numbers behind it."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from matplotlib.image import imread
 
+from _support import study_numbers as _study
 from attnguard.cli import main
 from attnguard.rundir import RunDir
 from attnguard.studies.tsne_study import _nearest_true, _silhouette
@@ -30,16 +29,6 @@ def runs(tmp_path_factory, one_thread):
         out[d] = root / d
         assert main(["train", "--out", str(out[d]), "--defense", d, *BASE]) == 0
     return out
-
-
-def _study(name, run_dirs, out, *sets):
-    argv = ["study", name, *map(str, run_dirs), "--out", str(out), "--device", "cpu"]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 0
-    img = imread(out / f"{name}.png")  # a real PNG (imread fails on anything else), and not a blank canvas
-    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300 and float(img[..., :3].var()) > 1e-3
-    return json.loads((out / f"{name}.json").read_text())["numbers"]
 
 
 def test_loss_surface_side_by_side(runs, tmp_path):

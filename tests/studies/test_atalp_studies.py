@@ -6,16 +6,15 @@ Runs, CPU: two LeNet width 0.25 (seeds 0 and 1) and one small-cnn on mnist-5k, s
 and madry on synthetic-boxes, 3 steps. Each study writes a real, non-blank PNG and the numbers behind it, which
 are checked against an independent computation where one exists."""
 
-import json
 import math
 
 import pytest
 import torch
-from matplotlib.image import imread
 
 from attnguard.analysis._run import attack_all, make_attack
 from attnguard.attacks.pgd import PGD
 from attnguard.attention.hooks import forward_with_activations
+from _support import study_numbers as _study
 from attnguard.cli import main
 from attnguard.defenses.at import attention_pairing
 from attnguard.rundir import RunDir
@@ -42,16 +41,6 @@ def box_runs(tmp_path_factory, one_thread):
     for d in ("at+alp", "madry"):
         assert main(["train", "--out", str(root / d), "--defense", d, *BOXES]) == 0
     return [root / "at+alp", root / "madry"]
-
-
-def _study(name, run_dirs, out, *sets):
-    argv = ["study", name, *map(str, run_dirs), "--out", str(out), "--device", "cpu"]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 0
-    img = imread(out / f"{name}.png")  # a real PNG (imread fails on anything else), and not a blank canvas
-    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300 and float(img[..., :3].var()) > 1e-3
-    return json.loads((out / f"{name}.json").read_text())["numbers"]
 
 
 def test_transfer_curves_gray_and_black_box(mnist_runs, tmp_path):
