@@ -136,9 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="one self-contained HTML report of one or more runs")
     r.add_argument("runs", nargs="+", metavar="RUN")
-    r.add_argument("--out", default=None, help="HTML file (default report.html unless only --markdown is given)")
+    r.add_argument("--out", default=None, help="HTML file (default report.html unless --markdown or --paired is "
+                   "given)")
     r.add_argument("--markdown", metavar="FILE", help="also write a markdown table: mean ± std over seeds, "
-                   "one row per dataset/model/defense/eps")
+                   "one row per dataset/model/defense/eps (replaces FILE)")
+    r.add_argument("--paired", action="append", metavar="BASE:VARIANT", help="defense presets to compare seed by "
+                   "seed, e.g. madry:madry+aad (repeatable): per metric (clean, each attack, worst case) the "
+                   "differences VARIANT - BASE in points per seed, mean ± std, min..max, and on how many seeds the "
+                   "variant is ahead/behind/tied; follows the --markdown table in FILE, else printed; no HTML "
+                   "report then unless --out")
 
     x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
     x2.add_argument("run", metavar="RUN")
@@ -309,15 +315,22 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
+    paired = ""
+    if args.paired:  # computed first: a bad pair exits 2 before any file is written
+        from .report.paired import paired_markdown
+
+        paired, _ = paired_markdown(args.runs, args.paired)
     if args.markdown:
         from .io import atomic_write_text
         from .report.aggregate import aggregate_markdown
 
-        table = aggregate_markdown(args.runs)
+        table = aggregate_markdown(args.runs) + ("\n" + paired if paired else "")
         atomic_write_text(args.markdown, table)
         print(table)
         print(f"wrote {args.markdown}")
-    if args.out or not args.markdown:
+    elif paired:
+        print(paired)
+    if args.out or not (args.markdown or args.paired):
         from .report import build_report
 
         path = build_report(args.runs, out=args.out or "report.html")
