@@ -74,6 +74,23 @@ def test_custom_version_and_errors():
         AutoAttack(0.1)(model, x, model(x).argmax(1))
 
 
+def test_channels_last_inputs_reach_the_reference_contiguous():
+    # The CPU evaluation hands AutoAttack channels_last images. The reference's APGD-T builds its gradient
+    # with zeros_like(x) and flattens it with .view (check_zero_gradients), which raised on those strides
+    # (a synthetic-boxes run's final evaluation, 2026-12-01). The same images in either layout must give
+    # the same adversarial examples.
+    torch.manual_seed(0)
+    model = create_model("resnet9", width=0.125, num_classes=6).eval()
+    x = torch.rand(3, 3, 32, 32)
+    y = model(x).argmax(1)
+    aa = AutoAttack(8 / 255, version="custom", steps=2, n_queries=3, n_target_classes=1, num_classes=6, seed=0)
+    cl = x.to(memory_format=torch.channels_last)
+    assert not cl.is_contiguous()
+    adv_cl = aa(model, cl, y)
+    adv = aa(model, x, y)
+    assert torch.equal(adv_cl, adv)
+
+
 def test_the_runtime_imports_neither_torchattacks_nor_tensorflow(monkeypatch):
     # A None entry in sys.modules makes `import name` fail; pyautoattack is imported afresh under the block,
     # so importing one of its TensorFlow modules, or any use of torchattacks, would raise here.

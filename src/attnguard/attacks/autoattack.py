@@ -146,7 +146,9 @@ class AutoAttack(Attack):
                 component.predict = counting_queries(component.predict, component.n_queries, self.query_progress)
             if idx.numel() > 0:
                 with torch.no_grad():  # as the reference; APGD and FAB enable gradients where they need them
-                    adv = run_reference(component.perturb, x[idx], y[idx])
+                    # contiguous: the reference flattens zeros_like(x)-shaped gradients with .view, which
+                    # fails on the channels_last strides of the CPU evaluation's inputs
+                    adv = run_reference(component.perturb, x[idx].contiguous(), y[idx])
                     adv = project(adv, x[idx], self.eps, self.norm)
                     fooled = model(adv).argmax(1) != y[idx]
                 x_adv[idx[fooled]] = adv[fooled]
