@@ -8,6 +8,7 @@ traceback); 3 training diverged (the loss became NaN or inf; the last good check
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import List, Optional
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "differences VARIANT - BASE in points per seed, mean ± std, min..max, and on how many seeds the "
                    "variant is ahead/behind/tied; follows the --markdown table in FILE, else printed; no HTML "
                    "report then unless --out")
+    r.add_argument("--force", action="store_true", help="replace an existing --out or --markdown file (without "
+                   "it, an existing one is an error: exit 2, nothing written)")
 
     x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
     x2.add_argument("run", metavar="RUN")
@@ -315,6 +318,11 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
+    html = args.out or (None if (args.markdown or args.paired) else "report.html")
+    if not args.force:  # checked before any work: a table or report someone kept is never replaced silently
+        for path in (args.markdown, html):
+            if path and os.path.exists(path):
+                raise ConfigError(f"{path} exists; pass --force to replace it, or another file name")
     paired = ""
     if args.paired:  # computed first: a bad pair exits 2 before any file is written
         from .report.paired import paired_markdown
@@ -330,10 +338,10 @@ def cmd_report(args) -> int:
         print(f"wrote {args.markdown}")
     elif paired:
         print(paired)
-    if args.out or not (args.markdown or args.paired):
+    if html:
         from .report import build_report
 
-        path = build_report(args.runs, out=args.out or "report.html")
+        path = build_report(args.runs, out=html)
         print(f"wrote {path}")
     return 0
 

@@ -192,3 +192,18 @@ def test_cli_appends_paired_tables_to_the_markdown(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert "### `madry` -> `madry+aad`" in out and "### `madry+aad` -> `madry`" in out
     assert not os.path.exists("report.html")
+
+
+def test_cli_keeps_an_existing_table_without_force(tmp_path, capsys):
+    runs = [str(r) for r in _three_seeds(tmp_path)]
+    table = tmp_path / "t.md"
+    table.write_text("a table someone kept\n")
+    assert main(["report", *runs, "--markdown", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists" in err and "--force" in err and "Traceback" not in err
+    assert table.read_text() == "a table someone kept\n"  # untouched
+    html = tmp_path / "r.html"
+    html.write_text("<p>kept</p>")
+    assert main(["report", *runs, "--out", str(html)]) == 2 and html.read_text() == "<p>kept</p>"
+    assert main(["report", *runs, "--markdown", str(table), "--force"]) == 0
+    assert "| `madry` |" in table.read_text()
