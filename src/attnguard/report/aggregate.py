@@ -154,6 +154,11 @@ def _value(summary: dict, attack: str, component: Optional[str]) -> Optional[flo
     return ((summary.get("components", {}).get(attack) or {}).get("robust") or {}).get(component)
 
 
+def row_key(summary: dict) -> tuple:
+    """A table row's runs share dataset, model, defense and eps (rounded: 8/255 read back from YAML)."""
+    return summary["dataset"], summary["model"], summary["defense"], round(summary["eps"] or 0, 6)
+
+
 def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = None) -> str:
     """A markdown table: one row per (dataset, model, defense, eps), mean ± std (sample) over seeds.
 
@@ -163,8 +168,7 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
     summaries = [run_summary(r) for r in runs]
     groups: Dict[tuple, List[dict]] = {}
     for s in summaries:
-        key = config_values(s, group_by) if group_by else (s["dataset"], s["model"], s["defense"],
-                                                            round(s["eps"] or 0, 6))
+        key = config_values(s, group_by) if group_by else row_key(s)
         groups.setdefault(key, []).append(s)
     names = {n for s in summaries for n in s["acc"]}
     cols = _columns(summaries, [n for n in ORDER if n in names] + sorted(names - set(ORDER)))

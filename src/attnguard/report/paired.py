@@ -21,7 +21,7 @@ import statistics
 from typing import Dict, List, Sequence, Tuple
 
 from ..errors import ConfigError
-from .aggregate import ORDER, run_summary
+from .aggregate import ORDER, row_key, run_summary
 
 WORST = "worst case"
 # aggregate's second worst-case column (only when attacks ran on different numbers of examples)
@@ -43,8 +43,9 @@ def parse_pair(text: str) -> Tuple[str, str]:
 
 
 def _context(summary: dict) -> tuple:
-    """aggregate_markdown's row key without the defense (its eps rounded the same way)."""
-    return summary["dataset"], summary["model"], round(summary["eps"] or 0, 6)
+    """The table's row key without the defense: the runs a pair may compare."""
+    dataset, model, _, eps = row_key(summary)
+    return dataset, model, eps
 
 
 def _metrics(summary: dict) -> Dict[str, tuple]:
