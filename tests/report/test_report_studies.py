@@ -49,7 +49,7 @@ def _uri(png):
 
 def _report(run, tmp_path, capsys):
     out = tmp_path / "r.html"
-    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert main(["report", str(run), "--out", str(out), "--force"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     return out.read_text()
 
