@@ -136,6 +136,18 @@ def load_checkpoint_model(path: PathLike, device: Union[str, torch.device] = "cp
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 (first 16 hex digits) of the model's state dict, names and values in order: which weights an
+    evaluation file measured, so that files of two checkpoints are never merged into one row."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def check_export_path(path: PathLike) -> Path:
     """``path`` if it ends in ``.safetensors``, else a :class:`ConfigError` (an export named ``m.pt`` would
     pass for a checkpoint, which it is not)."""

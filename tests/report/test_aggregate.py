@@ -87,3 +87,49 @@ def test_merge_keeps_the_autoattack_breakdown_of_the_file_that_supplies_autoatta
     # a later file that re-runs autoattack on more examples without a breakdown drops the stale one
     again = {"n_examples": 60, "clean": 0.9, "attacks": {"autoattack": 0.38}, "worst_case": 0.38}
     assert "autoattack_components" not in merge_evals([base, aa, again])
+
+
+def _other_model_file(d, name, clean_bits, attacks, weights=None):
+    n = len(clean_bits)
+    acc = {k: v.count("1") / n for k, v in attacks.items()}
+    e = {"dataset": "mnist-5k", "model": "m", "eps": 0.3, "n_examples": n, "clean": clean_bits.count("1") / n,
+         "attacks": acc, "worst_case": min(acc.values()), "seconds": {}, "sanity": [],
+         "per_example": {"clean": clean_bits, "attacks": attacks}}
+    if weights:
+        e.update(weights=weights, checkpoint="best.pt")
+    (d / name).write_text(json.dumps(e))
+
+
+def test_an_evaluation_of_other_weights_is_never_merged(tmp_path):
+    # eval.json: the final model, robust to pgd on 3 of 4; eval-best.json: an earlier checkpoint's file
+    # (other clean outcomes on example 2) whose pgd fooled everything: merged, it would drag the
+    # worst case to 0 and put the other model's pgd-100 into this row
+    d = _run(tmp_path, "a", 0, "1111", {"pgd-20": "1011"})
+    _other_model_file(d, "eval-best.json", "1101", {"pgd-20": "0000", "pgd-100": "0000"})
+    s = run_summary(d)
+    assert s["acc"] == {"clean": 1.0, "pgd-20": 0.75} and s["worst_case"] == 0.75
+    assert len(s["left_out"]) == 1 and "eval-best.json" in s["left_out"][0] and "differ on 1 of the first 4" in \
+        s["left_out"][0]
+    assert "Not merged:" in aggregate_markdown([d]) and "eval-best.json" in aggregate_markdown([d])
+    # with fingerprints the weights decide, even where the clean outcomes happen to agree
+    ev = json.loads((d / "eval.json").read_text())
+    (d / "eval.json").write_text(json.dumps({**ev, "weights": "aaaa"}))
+    _other_model_file(d, "eval-best.json", "1111", {"pgd-100": "0000"}, weights="bbbb")
+    s = run_summary(d)
+    assert "pgd-100" not in s["acc"] and "other weights (best.pt bbbb, not aaaa)" in s["left_out"][0]
+    _other_model_file(d, "eval-best.json", "1111", {"pgd-100": "0011"}, weights="aaaa")  # the same weights: merged
+    s = run_summary(d)
+    assert s["acc"]["pgd-100"] == 0.5 and s["left_out"] == [] and s["worst_case"] == 0.5  # 1011 and 0011
+
+
+def test_eval_records_which_weights_it_measured(tmp_path):
+    import torch
+
+    from attnguard.io import weights_fingerprint
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) == weights_fingerprint(b) and len(weights_fingerprint(a)) == 16
+    with torch.no_grad():
+        b.bias[0] += 1e-6  # one value, a little: another model
+    assert weights_fingerprint(a) != weights_fingerprint(b)

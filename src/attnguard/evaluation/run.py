@@ -40,6 +40,7 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
 
     Returns the evaluation dict (see :func:`attnguard.evaluation.evaluate`).
     """
+    from ..io import weights_fingerprint
     from ..utils.machine import describe_machine
     from ..utils.runtime import pick_device
 
@@ -59,6 +60,8 @@ def run_eval(target: PathLike, attacks: Union[str, Sequence], eps: Optional[floa
     # per-example outcomes let later evaluations of the same examples be merged into one worst case
     result["per_example"] = {"clean": bits(per.clean), "attacks": {k: bits(v) for k, v in per.attacks.items()}}
     result["system"] = describe_machine(device)
+    result["checkpoint"] = run.checkpoint().name
+    result["weights"] = weights_fingerprint(model)  # the report merges only files of the same weights
     write_eval(result, out if out is not None else run.path)
     return result
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import CheckpointError
 from ..rundir import RunDir
@@ -70,6 +71,38 @@ def merge_evals(evals: Sequence[dict]) -> dict:
     return out
 
 
+def same_model_evals(evals: Sequence[Tuple[Path, dict]]) -> Tuple[List[Tuple[Path, dict]], List[str]]:
+    """The evaluation files of the same weights as the first (``eval.json``), and a note per file left out.
+
+    A file of other weights (an earlier checkpoint's evaluation kept beside the final one, e.g.
+    ``eval-best.json``) must not enter the row: its attacks and worst case would be another model's.
+    Two files differ when both record ``weights`` (the state dict's fingerprint) and these differ, or,
+    for files written before the fingerprint, when their per-example clean outcomes disagree on the
+    examples both evaluated (the same weights in eval mode classify the same images the same way).
+    """
+    if not evals:
+        return [], []
+    _, first = evals[0]
+    kept, notes = [evals[0]], []
+    for path, e in evals[1:]:
+        why = None
+        if first.get("weights") and e.get("weights"):
+            if first["weights"] != e["weights"]:
+                why = f"other weights ({e.get('checkpoint') or '?'} {e['weights']}, not {first['weights']})"
+        else:
+            a, b = (first.get("per_example") or {}).get("clean"), (e.get("per_example") or {}).get("clean")
+            if a and b:
+                k = min(len(a), len(b))
+                diff = sum(x != y for x, y in zip(a[:k], b[:k]))
+                if diff:
+                    why = f"another model: its clean outcomes differ on {diff} of the first {k} examples"
+        if why:
+            notes.append(f"{path.name} left out of {evals[0][0].name}'s row: {why}")
+        else:
+            kept.append((path, e))
+    return kept, notes
+
+
 def _all_of(bits: Sequence[str]) -> List[bool]:
     """Per example, True where every one of ``bits`` (strings of '0'/'1', possibly of different
     lengths: prefixes of the same examples) that covers it says '1'; as long as the longest."""
@@ -84,6 +117,7 @@ def run_summary(run) -> dict:
     evals = run.evals()
     if not evals:
         raise CheckpointError(f"{run} has no eval.json; run `attnguard eval {run}` first")
+    evals, left_out = same_model_evals(evals)
     merged = merge_evals([e for _, e in evals])
     acc = {"clean": merged["clean"], **merged["attacks"]}
     n_of, worst, n_worst, system = merged["n"], merged["worst_case"], merged["n_worst"], merged["system"]
@@ -97,7 +131,7 @@ def run_summary(run) -> dict:
             # AutoAttack's robust accuracy after each component, {attack: {"n_examples", "robust": {...}}}
             "components": merged.get("autoattack_components") or {},
             "train_seconds": seconds, "train_cpu_seconds": train_info.get("cpu_seconds"), "system": system,
-            "train_system": train_info.get("system")}
+            "train_system": train_info.get("system"), "left_out": [f"{run}: {n}" for n in left_out]}
 
 
 def _ms(values: Sequence[float], scale: float = 100.0) -> str:
@@ -207,4 +241,5 @@ def aggregate_markdown(runs: Sequence, *, group_by: Optional[Sequence[str]] = No
     trained = sorted({json.dumps(s["train_system"], sort_keys=True) for s in summaries if s.get("train_system")})
     notes += [f"Trained on: {machine_line(json.loads(s))}" for s in trained]
     notes += [f"Evaluated on: {machine_line(json.loads(s))}" for s in systems]
+    notes += [f"Not merged: {n}" for s in summaries for n in s.get("left_out", [])]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

@@ -91,9 +91,10 @@ def _card(path: Path, name: str) -> _Card:
 
 def _merged_evals(card: _Card) -> Optional[dict]:
     """eval.json merged with the run's other eval*.json files (e.g. an AutoAttack run on fewer examples)."""
-    from .aggregate import merge_evals
+    from .aggregate import merge_evals, same_model_evals
 
-    evals = card.run.evals(card.notes)
+    evals, left_out = same_model_evals(card.run.evals(card.notes))
+    card.notes.extend(left_out)
     if len(evals) <= 1:
         return evals[0][1] if evals else None
     try:
