@@ -74,3 +74,29 @@ def test_malformed_flag_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--out", str(tmp_path), "--grid", "defense.aad.alpha=1", "--jobs", "two"])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_key_with_one_value_gets_no_panel(tmp_path):
+    # AAD Fig. 8 holds beta at 0.01 and sweeps alpha: the plot has alpha's panel only (one panel wide),
+    # beta named in the title, not a second panel holding one point per line
+    from matplotlib.image import imread
+
+    from attnguard.sweep.grid import parse_grid
+    from attnguard.sweep.table import plot
+
+    st = lambda m: {"mean": m, "std": None, "values": [m]}  # noqa: E731
+    def data(axes):
+        points = []
+        for a in axes[-1].values:
+            values = {axes[0].key: axes[0].values[0], axes[-1].key: a}
+            points.append({"values": values, "n": 1, "clean": st(0.9), "worst_case": st(0.5 + a / 4),
+                           "attacks": {}, "missing": []})
+        return {"metric": "worst case", "points": points, "n_examples": [100], "eps": [0.3]}
+
+    held = parse_grid(["defense.aad.beta=0.01", "defense.aad.alpha=0,0.01,1"])
+    both = parse_grid(["defense.aad.beta=0.01,0.1", "defense.aad.alpha=0,0.01,1"])
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    plot(data(held), held, one)
+    plot(data(both), both, two)
+    w1, w2 = imread(one).shape[1], imread(two).shape[1]
+    assert w2 > 1.6 * w1  # one panel against two (the same width before the fix)

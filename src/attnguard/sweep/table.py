@@ -153,14 +153,19 @@ def plot(data: dict, axes: Sequence[Axis], out: Path) -> Path:
 
 def _plot(data, axes, out, new_figure, save_png, class_color):
     metric = data["metric"]
-    cols = min(len(axes), 3)
-    rows = math.ceil(len(axes) / cols)
+    # a key given one value is a constant of the sweep, not an axis: no panel of one point, no line
+    # labels repeating it; it is named in the titles instead
+    varied = [a for a in axes if len(a.values) > 1] or list(axes)
+    fixed = [a for a in axes if a not in varied]
+    held = ", ".join(f"{a.key.split('.')[-1]}={a.texts[0]}" for a in fixed)
+    cols = min(len(varied), 3)
+    rows = math.ceil(len(varied) / cols)
     fig = new_figure(4.6 * cols, 3.6 * rows)
-    for i, axis in enumerate(axes):
+    for i, axis in enumerate(varied):
         ax = fig.add_subplot(rows, cols, i + 1)
         numeric = _numeric(axis.values)
         xs = list(axis.values) if numeric else list(range(len(axis.values)))
-        others = [a for a in axes if a is not axis]
+        others = [a for a in varied if a is not axis]
         series: Dict[tuple, Dict[int, dict]] = {}
         for p in data["points"]:
             label = tuple(f"{a.key.split('.')[-1]}={a.labels[_index(a, p['values'][a.key])]}" for a in others)
@@ -189,7 +194,8 @@ def _plot(data, axes, out, new_figure, save_png, class_color):
         ax.set_xlabel(axis.key)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.set_title(f"clean and {metric} accuracy vs {axis.key.split('.')[-1]}\n{_title_facts(data)}")
+        ax.set_title(f"clean and {metric} accuracy vs {axis.key.split('.')[-1]}" + (f" ({held})" if held else "")
+                     + f"\n{_title_facts(data)}")
         ax.legend(fontsize=7)
     return save_png(fig, out, metadata={"Title": "attnguard sweep"})
 
