@@ -34,16 +34,16 @@ import numpy as np
 import torch
 
 from ..analysis._figures import PALETTE, new_figure, save_png, styled
-from ..analysis._run import attack_all, attack_name, cams, load_test_data, make_attack, predict
+from ..analysis._run import attack_all, attack_name, cams, make_attack, predict
 from ..attention import upsample_cam
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..evaluation.results import attack_n
 from ..io import atomic_write_text
 from ..rundir import parse_eps
 from ..utils.modes import eval_mode
 from ._maps import device_of, eps_option, int_option
 from ._runs import run_label, runs_on_one_dataset
-from .part_activations import _regions
+from .part_activations import boxed_examples
 from .registry import STUDIES
 
 OPTIONS = {"n": 500, "attack": "pgd-20", "eps": None, "boxes": None, "metric": "autoattack", "resamples": 2000}
@@ -311,13 +311,9 @@ def attention_in_box(ctx) -> dict:
         raise ConfigError(f"study '{ctx.name}': option metric must name an attack of the runs' eval files")
     eps = eps_option(ctx, runs[0].eps)
     device = device_of(ctx)
-    data = load_test_data(runs[0], n)
-    x, y = data.images.to(device), data.labels.to(device)
+    x, y, region, box_source = boxed_examples(ctx, runs[0], n, device)
     n = len(y)
-    region, box_source = _regions(ctx, data, x.shape[-2:])
     has_box = region.flatten(1).any(1)
-    if not bool(has_box.any()):
-        raise DataError(f"study '{ctx.name}': none of the first {n} test images has a box")
     uniform = float(region.float().flatten(1).mean(1)[has_box].mean())
 
     notes: List[str] = []

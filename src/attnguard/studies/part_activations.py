@@ -115,6 +115,17 @@ def _draw(out, per_run: List[dict], title: str) -> None:
     save_png(fig, out, metadata={"Title": "attnguard part-activations"})
 
 
+def boxed_examples(ctx, run, n: int, device):
+    """The first ``n`` test images and labels of ``run``'s dataset on ``device``, their box masks
+    ``[N, H, W]`` and where the boxes came from; an error when none of them has a box."""
+    data = load_test_data(run, n)
+    x, y = data.images.to(device), data.labels.to(device)
+    region, box_source = _regions(ctx, data, x.shape[-2:])
+    if not bool(region.flatten(1).any(1).any()):
+        raise DataError(f"study '{ctx.name}': none of the first {len(y)} test images has a box")
+    return x, y, region, box_source
+
+
 @styled
 def part_activations(ctx) -> dict:
     runs = runs_on_one_dataset(ctx)
@@ -122,13 +133,9 @@ def part_activations(ctx) -> dict:
     attack = str(ctx.options["attack"]).strip().lower()
     eps = eps_option(ctx, runs[0].eps)
     device = device_of(ctx)
-    data = load_test_data(runs[0], n)
-    x, y = data.images.to(device), data.labels.to(device)
+    x, y, region, box_source = boxed_examples(ctx, runs[0], n, device)
     n = len(y)
-    region, box_source = _regions(ctx, data, x.shape[-2:])
     with_box = int(region.flatten(1).any(1).sum())
-    if with_box == 0:
-        raise DataError(f"study '{ctx.name}': none of the first {n} test images has a box")
 
     per_run = []
     for run in runs:
