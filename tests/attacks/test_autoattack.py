@@ -141,7 +141,9 @@ def test_autoattack_breakdown_on_a_trained_lenet(trained, tmp_path):
     assert entry["n_examples"] == 48 and list(entry["robust"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     accs = list(entry["robust"].values())
     assert accs == sorted(accs, reverse=True) and accs[0] <= r["clean"]
-    assert accs[0] > accs[-1]  # a later component added to APGD-CE, so the order above is not vacuous
+    # on the AMD EPYC where this was written APGD-T fooled one digit APGD-CE missed; on an Intel Xeon
+    # (2026-12-02) APGD-CE already found all of them: which component adds is the CPU's floating point
+    assert accs[-1] <= accs[0] < r["clean"]  # APGD-CE itself fools some digits: the order is not vacuous
     assert accs[-1] == r["attacks"]["autoattack"]
     # per example too: every component only removes examples (two batches of 24 stitched back together)
     masks = list(per.components["autoattack"].values())
