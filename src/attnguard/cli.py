@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="HTML file (default report.html unless --markdown or --paired is "
                    "given)")
     r.add_argument("--markdown", metavar="FILE", help="also write a markdown table: mean ± std over seeds, "
-                   "one row per dataset/model/defense/eps (replaces FILE)")
+                   "one row per dataset/model/defense/eps (an existing FILE only with --force)")
     r.add_argument("--paired", action="append", metavar="BASE:VARIANT", help="defense presets to compare seed by "
                    "seed, e.g. madry:madry+aad (repeatable): per metric (clean, each attack, worst case) the "
                    "differences VARIANT - BASE in points per seed, mean ± std, min..max, and on how many seeds the "
