@@ -8,12 +8,12 @@ traceback); 3 training diverged (the loss became NaN or inf; the last good check
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from typing import List, Optional
 
 from .errors import AttnGuardError, ConfigError
+from .report.cli import add_report_parser, cmd_report
 from .sweep.cli import add_sweep_parser, cmd_sweep
 from .train.overrides import parse_set, train_overrides
 from .utils.numbers import number_arg
@@ -135,19 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", metavar="DIR", help="default RUN/analysis")
     a.add_argument("--device", default="auto")
 
-    r = sub.add_parser("report", help="one self-contained HTML report of one or more runs")
-    r.add_argument("runs", nargs="+", metavar="RUN")
-    r.add_argument("--out", default=None, help="HTML file (default report.html unless --markdown or --paired is "
-                   "given)")
-    r.add_argument("--markdown", metavar="FILE", help="also write a markdown table: mean ± std over seeds, "
-                   "one row per dataset/model/defense/eps (an existing FILE only with --force)")
-    r.add_argument("--paired", action="append", metavar="BASE:VARIANT", help="defense presets to compare seed by "
-                   "seed, e.g. madry:madry+aad (repeatable): per metric (clean, each attack, worst case) the "
-                   "differences VARIANT - BASE in points per seed, mean ± std, min..max, and on how many seeds the "
-                   "variant is ahead/behind/tied; follows the --markdown table in FILE, else printed; no HTML "
-                   "report then unless --out")
-    r.add_argument("--force", action="store_true", help="replace an existing --out or --markdown file (without "
-                   "it, an existing one is an error: exit 2, nothing written)")
+    add_report_parser(sub)  # attnguard/report/cli.py
 
     x2 = sub.add_parser("export", help="write a run's weights as safetensors (metadata: model, classes, normalization)")
     x2.add_argument("run", metavar="RUN")
@@ -314,35 +302,6 @@ def cmd_analyze(args) -> int:
     from .rundir import RunDir
 
     print(f"wrote {args.out or RunDir(args.run).analysis_dir}/analysis.json")
-    return 0
-
-
-def cmd_report(args) -> int:
-    html = args.out or (None if (args.markdown or args.paired) else "report.html")
-    if not args.force:  # checked before any work: a table or report someone kept is never replaced silently
-        for path in (args.markdown, html):
-            if path and os.path.exists(path):
-                raise ConfigError(f"{path} exists; pass --force to replace it, or another file name")
-    paired = ""
-    if args.paired:  # computed first: a bad pair exits 2 before any file is written
-        from .report.paired import paired_markdown
-
-        paired, _ = paired_markdown(args.runs, args.paired)
-    if args.markdown:
-        from .io import atomic_write_text
-        from .report.aggregate import aggregate_markdown
-
-        table = aggregate_markdown(args.runs) + ("\n" + paired if paired else "")
-        atomic_write_text(args.markdown, table)
-        print(table)
-        print(f"wrote {args.markdown}")
-    elif paired:
-        print(paired)
-    if html:
-        from .report import build_report
-
-        path = build_report(args.runs, out=html)
-        print(f"wrote {path}")
     return 0
 
 
