@@ -312,6 +312,11 @@ def test_parser_and_package_import_no_torch():
 
     assert callable(attnguard.create_model) and attnguard.attacks.__name__ == "attnguard.attacks"
     assert attnguard.models.create_model is attnguard.create_model  # any subpackage, as before
+    import attnguard.report  # its parser is imported by the CLI; build_report still resolves on first use
+
+    assert attnguard.report.build_report.__module__ == "attnguard.report.build"
+    with pytest.raises(AttributeError):
+        attnguard.report.no_such_name
     assert {"create_model", "load_model", "evaluate", "MODELS"} <= set(dir(attnguard))
     with pytest.raises(AttributeError):
         attnguard.no_such_name
