@@ -141,6 +141,9 @@ def test_checkpoint_and_export_files(tmp_path):
     assert predicted(weights.model()) == 7
     with pytest.raises(ConfigError, match="without a run config"):
         _ = weights.config
+    # the model section comes from the model config every export holds: the same keys a run writes
+    assert weights.get("model.name") == "lenet" and weights.get("model.width") == 0.25
+    assert weights.get("model.options") == {k: v for k, v in always(7).config["kwargs"].items() if k != "width"}
     # a directory without config.yaml: the config stored in its checkpoint
     bare = make_run(tmp_path / "bare", None)
     save(always(2), bare / "checkpoints" / "best.pt", {"data": {"name": "stored"}})

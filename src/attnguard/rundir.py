@@ -172,7 +172,7 @@ class RunDir:
             return self._known
         if self.is_export:
             config = self._export_config()
-            if not config:
+            if not ({"data", "eval"} & set(config)):  # the model section alone names no run
                 raise ConfigError(f"{self._file} is a weights-only export without a run config (its metadata names "
                                   "no dataset or eps); evaluate the run directory or its .pt checkpoint, or pass "
                                   "--dataset and --eps")
@@ -192,7 +192,9 @@ class RunDir:
         return self._file is not None and self._file.suffix.lower() == ".safetensors"
 
     def _export_config(self) -> dict:
-        """The little an export's metadata says about its run: ``data.name`` and ``eval.eps`` if recorded."""
+        """The little an export's metadata says about its run: ``data.name`` and ``eval.eps`` if recorded,
+        and ``model.name``/``width``/``options`` from the model config every export holds (so that, e.g.,
+        the transfer study tells a gray-box export, same architecture, from a black-box one)."""
         if self._from_checkpoint is None:
             from .io import safetensors_metadata
 
@@ -202,6 +204,9 @@ class RunDir:
                 config["data"] = {"name": meta["dataset"]}
             if meta.get("eps"):
                 config["eval"] = {"eps": meta["eps"]}
+            model = _export_model_section(meta.get("model_config"))
+            if model:
+                config["model"] = model
             self._from_checkpoint = config
         return self._from_checkpoint
 
@@ -357,3 +362,20 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", which: 
     :meth:`attnguard.rundir.RunDir.checkpoint`).
     """
     return RunDir(path).model(device, which)
+
+
+def _export_model_section(text) -> dict:
+    """``model.name``, ``model.width`` and ``model.options`` as a run config writes them, from an export's
+    ``model_config`` metadata (``{}`` if it is missing or unreadable: the export still loads by its flat keys)."""
+    try:
+        cfg = json.loads(text) if text else None
+    except ValueError:
+        return {}
+    if not isinstance(cfg, dict) or not cfg.get("arch"):
+        return {}
+    options = dict(cfg.get("kwargs") or {})
+    model = {"name": str(cfg["arch"])}
+    if "width" in options:
+        model["width"] = options.pop("width")
+    model["options"] = options
+    return model

@@ -139,3 +139,17 @@ def test_part_activations_needs_boxes(mnist_runs, tmp_path, capsys):
     assert main(["study", "part-activations", str(mnist_runs["l0"]), "--out", str(tmp_path), "--set", "n=4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs object boxes" in err and "--set boxes=" in err
+
+
+def test_transfer_curves_setting_of_an_export_reads_its_architecture(mnist_runs, tmp_path):
+    # an exported copy of a run has the run's architecture: gray-box against a run of that architecture,
+    # black-box against another (before, an export had no model keys and every pair read as black-box)
+    from attnguard.io import export_safetensors
+    from attnguard.rundir import RunDir
+    from attnguard.studies.transfer_curves import setting_of
+
+    r = mnist_runs
+    export_safetensors(RunDir(r["l1"]).model(), tmp_path / "l1.safetensors", dataset=RunDir(r["l1"]).dataset)
+    exported = RunDir(tmp_path / "l1.safetensors")
+    assert setting_of(exported, RunDir(r["l0"])) == "gray-box"
+    assert setting_of(exported, RunDir(r["s0"])) == "black-box"
