@@ -159,6 +159,7 @@ RUN_DIR_CASES = [
 
 CHECKPOINT_CASES = [
     (["eval", "files/missing.pt"], "no such run directory or checkpoint"),
+    (["eval", "files/missing.pt", "--attacks", "pgd-20,nope"], "unknown attack 'nope'"),  # names before the path
     (["eval", "files/empty.pt"], "not a readable checkpoint"),
     (["eval", "files/truncated.pt"], "not a readable checkpoint"),
     (["eval", "files/random.pt"], "not a readable checkpoint"),

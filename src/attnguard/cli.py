@@ -258,6 +258,11 @@ def cmd_eval(args) -> int:
 
     from .train.config import EvalConfig
 
+    if args.attacks:  # names first: a typo is reported as such even when the run path is wrong too
+        from .attacks.registry import parse_attack
+
+        for name in args.attacks:
+            parse_attack(name)
     target = RunDir(args.target, dataset=args.dataset, data_root=args.data_root)
     # one source of defaults: what the run was configured to be evaluated with, else the train default
     attacks = args.attacks or target.get("eval.attacks") or EvalConfig().attacks
