@@ -196,6 +196,12 @@ def test_export_safetensors(run, tmp_path, capsys):
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(back(x), ref(x))
     assert main(["export", str(run), "--out", str(tmp_path / "last.safetensors"), "--which", "last"]) == 0
+    # the run's defense and seed travel with the weights: an export is labelled as its run is
+    from attnguard.rundir import RunDir
+
+    src, exp = RunDir(run), RunDir(out)
+    assert meta["defense"] == src.get("defense.preset") and exp.get("defense.preset") == src.get("defense.preset")
+    assert exp.seed == src.seed and exp.get("model.name") == "lenet" and exp.dataset == src.dataset
 
 
 def test_set_reads_exponent_numbers():

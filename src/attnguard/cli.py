@@ -321,7 +321,9 @@ def cmd_export(args) -> int:
         eps = run.eps
     except AttnGuardError:  # an old run without an eps: the export then just records none
         eps = None
-    export_safetensors(model, args.out, dataset=run.get("data.name"), eps=eps)
+    seed = run.get("seed")
+    export_safetensors(model, args.out, dataset=run.get("data.name"), eps=eps, defense=run.get("defense.preset"),
+                       seed=seed if isinstance(seed, int) else None)
     print(f"wrote {args.out}")
     return 0
 

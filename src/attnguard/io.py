@@ -157,11 +157,14 @@ def check_export_path(path: PathLike) -> Path:
     return path
 
 
-def export_safetensors(model, path: PathLike, *, dataset: Optional[str] = None, eps: Optional[float] = None) -> None:
+def export_safetensors(model, path: PathLike, *, dataset: Optional[str] = None, eps: Optional[float] = None,
+                       defense: Optional[str] = None, seed: Optional[int] = None) -> None:
     """Write the weights as safetensors; model name, classes and normalization go in the metadata.
 
     ``dataset`` and ``eps`` (the run's ``data.name`` and evaluation radius), when given, are recorded
-    too, so that ``attnguard eval FILE.safetensors`` needs no ``--dataset`` / ``--eps``.
+    too, so that ``attnguard eval FILE.safetensors`` needs no ``--dataset`` / ``--eps``; so are
+    ``defense`` (the run's ``defense.preset``) and ``seed``, so that reports and studies label an export
+    as they label its run (e.g. a gray-box pair of two exports is told apart by its seeds).
     """
     from safetensors.torch import save
 
@@ -176,6 +179,10 @@ def export_safetensors(model, path: PathLike, *, dataset: Optional[str] = None, 
         meta["dataset"] = str(dataset)
     if eps is not None:
         meta["eps"] = repr(float(eps))  # repr round-trips the float exactly
+    if defense:
+        meta["defense"] = str(defense)
+    if seed is not None:
+        meta["seed"] = str(int(seed))
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 

@@ -192,9 +192,10 @@ class RunDir:
         return self._file is not None and self._file.suffix.lower() == ".safetensors"
 
     def _export_config(self) -> dict:
-        """The little an export's metadata says about its run: ``data.name`` and ``eval.eps`` if recorded,
-        and ``model.name``/``width``/``options`` from the model config every export holds (so that, e.g.,
-        the transfer study tells a gray-box export, same architecture, from a black-box one)."""
+        """The little an export's metadata says about its run: ``data.name``, ``eval.eps``, ``defense.preset``
+        and ``seed`` if recorded, and ``model.name``/``width``/``options`` from the model config every export
+        holds (so that, e.g., the transfer study tells a gray-box export, same architecture, from a black-box
+        one)."""
         if self._from_checkpoint is None:
             from .io import safetensors_metadata
 
@@ -207,6 +208,10 @@ class RunDir:
             model = _export_model_section(meta.get("model_config"))
             if model:
                 config["model"] = model
+            if meta.get("defense"):
+                config["defense"] = {"preset": meta["defense"]}
+            if (meta.get("seed") or "").isdigit():
+                config["seed"] = int(meta["seed"])
             self._from_checkpoint = config
         return self._from_checkpoint
 
