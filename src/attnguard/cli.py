@@ -16,6 +16,7 @@ from .errors import AttnGuardError, ConfigError
 from .report.cli import add_report_parser, cmd_report
 from .sweep.cli import add_sweep_parser, cmd_sweep
 from .train.overrides import parse_set, train_overrides
+from .utils.lists import split_list
 from .utils.numbers import number_arg
 
 EPILOG = """examples:
@@ -45,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _comma_list(text: str) -> List[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    items = split_list(text)  # a transfer source may be a sweep run, whose directory name holds commas
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items

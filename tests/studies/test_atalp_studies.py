@@ -153,3 +153,17 @@ def test_transfer_curves_setting_of_an_export_reads_its_architecture(mnist_runs,
     exported = RunDir(tmp_path / "l1.safetensors")
     assert setting_of(exported, RunDir(r["l0"])) == "gray-box"
     assert setting_of(exported, RunDir(r["s0"])) == "black-box"
+
+
+def test_transfer_curves_sources_named_as_a_sweep_names_runs(mnist_runs, tmp_path):
+    # `attnguard sweep` names runs KEY=V,seed=S: such sources keep their commas through --set sources=
+    r = mnist_runs
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "defense.preset=standard,seed=1").symlink_to(r["l1"], target_is_directory=True)
+    (sweep / "model.name=small-cnn,seed=0").symlink_to(r["s0"], target_is_directory=True)
+    got = _study("transfer-curves", [r["l0"], r["l0"]], tmp_path / "out",
+                 f"sources={sweep / 'defense.preset=standard,seed=1'},{sweep / 'model.name=small-cnn,seed=0'}",
+                 "n=16", "iterations=1", "white_box=false")
+    assert [p["setting"] for p in got["pairs"]] == ["gray-box", "black-box"]
+    assert got["pairs"][0]["source"].endswith("defense.preset=standard,seed=1")

@@ -7,6 +7,7 @@ from typing import List
 
 from ..errors import ConfigError
 from ..rundir import CHECKPOINT_DIR, RunDir
+from ..utils.lists import split_list
 
 
 def runs_on_one_dataset(ctx) -> List[RunDir]:
@@ -42,7 +43,8 @@ def items_option(ctx, key: str) -> List[str]:
     value = ctx.options[key]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [int(value) if float(value).is_integer() else value]
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    # split_list keeps a path that holds commas (a sweep's run directory) as one item
+    items = split_list(value) if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     items = [str(v).strip() for v in items if str(v).strip()]
     if not items:
         raise ConfigError(f"study '{ctx.name}': option {key} must name at least one item, got {value!r}")
