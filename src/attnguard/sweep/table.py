@@ -75,6 +75,9 @@ def collect(out: Path, axes: Sequence[Axis], runs: Sequence[Run], metric: Option
     return {"keys": [a.key for a in axes], "metric": metric or WORST, "points": rows,
             "eps": sorted({s["eval_eps"] for s in summaries if s.get("eval_eps") is not None}),
             "n_examples": sorted({s["n"].get("clean") for s in summaries if s["n"].get("clean")}),
+            # the examples behind the plotted robust number: a worst case or an attack@N covers fewer
+            "metric_n_examples": sorted({n for s in summaries
+                                         if (n := s["n_worst"] if (metric or WORST) == WORST else s["n"].get(metric))}),
             "evaluated": [s["run"] for s in summaries]}
 
 
@@ -135,7 +138,11 @@ def _title_facts(data: dict) -> str:
     n_seeds = "/".join(map(str, seeds)) or "0"
     facts = [f"n = {n_seeds} seed{'s' if seeds != [1] else ''} per point"]
     if data["n_examples"]:
-        facts.append(f"{'/'.join(map(str, data['n_examples']))} test examples")
+        text = f"{'/'.join(map(str, data['n_examples']))} test examples"
+        robust_n = data.get("metric_n_examples") or []
+        if robust_n and robust_n != data["n_examples"]:  # e.g. a worst case that includes autoattack@100
+            text = f"clean on {text}, {data['metric']} on the first {'/'.join(map(str, robust_n))}"
+        facts.append(text)
     if data["eps"]:
         facts.append("eps " + "/".join(f"{e:.4g}" for e in data["eps"]))
     return ", ".join(facts)
