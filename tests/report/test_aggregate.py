@@ -89,6 +89,18 @@ def test_merge_keeps_the_autoattack_breakdown_of_the_file_that_supplies_autoatta
     assert "autoattack_components" not in merge_evals([base, aa, again])
 
 
+def test_merge_takes_clean_accuracy_from_the_file_on_the_most_examples():
+    from attnguard.report.aggregate import merge_evals
+
+    # a run without eval.json: its AutoAttack file (500) sorts before its 1,000-example file
+    aa = {"n_examples": 500, "clean": 0.504, "attacks": {"autoattack": 0.242}, "worst_case": 0.242}
+    big = {"n_examples": 1000, "clean": 0.532, "attacks": {"pgd-20": 0.319}, "worst_case": 0.3}
+    for order in ([aa, big], [big, aa]):
+        merged = merge_evals(order)
+        assert (merged["clean"], merged["n"]["clean"], merged["n_examples"]) == (0.532, 1000, 1000)
+        assert merged["n"]["autoattack"] == 500 and merged["attacks"]["pgd-20"] == 0.319
+
+
 def _other_model_file(d, name, clean_bits, attacks, weights=None):
     n = len(clean_bits)
     acc = {k: v.count("1") / n for k, v in attacks.items()}

@@ -23,7 +23,9 @@ def merge_evals(evals: Sequence[dict]) -> dict:
     """One evaluation from several of the same model (``eval.json`` first, then e.g. ``eval-aa.json``).
 
     Each attack keeps its result on the most examples (``n`` says how many, per attack and for
-    ``clean``); clean accuracy and ``n_examples`` come from the first file. The worst case is per
+    ``clean``); clean accuracy and ``n_examples`` come from the file made on the most examples (the first of
+    those: ``eval.json`` when it is one), so an ``eval-autoattack-n500.json`` listed before a 1,000-example
+    file does not shrink the clean column to 500. The worst case is per
     example over every attack of every file, on the first ``n_worst`` examples that they all covered;
     ``worst_cases`` adds the worst case over the attacks that covered more (see
     :func:`~attnguard.evaluation.results.worst_cases`). Without per-example outcomes in every file:
@@ -31,7 +33,7 @@ def merge_evals(evals: Sequence[dict]) -> dict:
     """
     from ..evaluation.results import attack_n, worst_cases
 
-    first = evals[0]
+    first = max(evals, key=lambda e: e["n_examples"])  # max keeps the first of equals
     attacks: Dict[str, float] = {}
     n_of: Dict[str, int] = {"clean": first["n_examples"]}
     seconds: Dict[str, float] = {}
