@@ -37,7 +37,7 @@ STATE_FILE = "state.json"
 STATES = ("pending", "partial", "trained", "done", "failed", "blocked")
 ROW_KEYS = {"id", "config", "seed", "attacks", "n", "dataset", "set", "checkpoint_every", "note"}
 REFERENCE_ATTACKS = ("autoattack", "square")  # run the authors' code (pyautoattack)
-STRIP_KEEP = ("format", "version", "model_config", "model", "epoch", "batch", "step", "best_robust")
+STRIP_KEEP = ("format", "version", "model_config", "model", "epoch", "batch", "step", "best_score")
 
 
 def slug(text: str) -> str:

@@ -101,9 +101,9 @@ def test_train_writes_the_documented_files(run):
     # checkpoints
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["format"] == "attnguard-checkpoint" and ck["step"] == 10 and ck["epoch"] == 1
-    assert {"model", "model_config", "optimizer", "scheduler", "rng", "config", "best_robust"} <= ck.keys()
+    assert {"model", "model_config", "optimizer", "scheduler", "rng", "config", "best_score"} <= ck.keys()
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    assert best["best_robust"] == pytest.approx(recs[-1]["acc_adv"], abs=1e-5)  # clean accuracy breaks ties
+    assert best["best_score"] == pytest.approx(recs[-1]["acc_adv"], abs=1e-5)  # clean accuracy breaks ties
     # eval.json / eval.md
     ev = json.loads((run / "eval.json").read_text())
     assert set(KEYS) <= ev.keys()

@@ -107,7 +107,7 @@ def _assert_same_as_reference(run, reference):
     assert _records(run) == _records(reference)
     for name in ("last", "best"):
         got, want = _weights(run / "checkpoints" / f"{name}.pt"), _weights(reference / "checkpoints" / f"{name}.pt")
-        assert got["step"] == want["step"] and got["best_robust"] == want["best_robust"]
+        assert got["step"] == want["step"] and got["best_score"] == want["best_score"]
         assert got["model"].keys() == want["model"].keys()
         for k in want["model"]:
             assert torch.equal(got["model"][k], want["model"][k]), f"{name}.pt: {k} differs"
@@ -124,7 +124,7 @@ def _kill_in_epoch2(run, proc):
     assert STEPS_PER_EPOCH < killed_at < 40, "the kill should land in epoch 2"
     ckpt = _weights(run / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] >= 35 and ckpt["batch"] == ckpt["step"] - STEPS_PER_EPOCH
-    assert ckpt["best_robust"] > 0  # epoch 1 was validated before the kill
+    assert ckpt["best_score"] > 0  # epoch 1 was validated before the kill
 
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path):
@@ -198,7 +198,30 @@ def test_crash_after_validation_before_epoch_end_save(tmp_path, monkeypatch):
     for name in ("last", "best"):
         got, want = _weights(run / "checkpoints" / f"{name}.pt"), _weights(ref / "checkpoints" / f"{name}.pt")
         assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
-        assert got["best_robust"] == want["best_robust"] and got["step"] == want["step"] == 4
+        assert got["best_score"] == want["best_score"] and got["step"] == want["step"] == 4
+
+
+def test_a_checkpoint_with_the_old_best_robust_key_resumes(tmp_path):
+    """Checkpoints written before the key was renamed to ``best_score`` (it holds the best.pt selection
+    score, which is clean accuracy for ``standard``) name it ``best_robust``; they still resume, with the
+    same score."""
+    from attnguard.io import atomic_torch_save
+    from attnguard.train import trainer as T
+    from attnguard.train.config import resolve_config
+
+    out = tmp_path / "run"
+    cfg = resolve_config(None, {
+        "model": {"width": 0.25}, "data": {"val_size": 100}, "adversary": {"steps": 1}, "out": str(out),
+        "train": {"epochs": 1, "batch_size": 100, "max_steps": 2, "val_steps": 1, "progress": False,
+                  "device": "cpu"}})
+    T.train(cfg)
+    path = out / "checkpoints" / "last.pt"
+    state = _weights(path)
+    score = state.pop("best_score")
+    assert score > 0
+    atomic_torch_save({**state, "best_robust": score}, path)
+    trainer = T.Trainer(cfg, resume=True)
+    assert trainer.best == pytest.approx(score) and trainer.step == 2
 
 
 def test_validation_leaves_the_global_rng_alone(tmp_path, monkeypatch):

@@ -133,7 +133,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.inner.state_dict().items()},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
-            "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_robust": self.best,
+            "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_score": self.best,
             "rng": rngs[0], "rng_ranks": rngs, "running": self.running.state_dict(),
             "metrics_lines": self.log.lines, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
         }
@@ -160,7 +160,7 @@ class Trainer:
             if self.scaler and s.get("scaler"):
                 self.scaler.load_state_dict(s["scaler"])
             self.epoch, self.batch, self.step, self.best = (int(s["epoch"]), int(s["batch"]), int(s["step"]),
-                                                            float(s["best_robust"]))
+                                                            float(s.get("best_score", s.get("best_robust"))))
             self.running.load_state_dict(s["running"])
             rngs = s.get("rng_ranks") or [s["rng"]]
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
