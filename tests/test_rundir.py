@@ -158,7 +158,12 @@ def fake_data(monkeypatch, n=16, label=1):
     info = types.SimpleNamespace(num_classes=10, input_size=(1, 28, 28), class_names=[str(i) for i in range(10)],
                                  mean=(0.0,), std=(1.0,))
     seen = []
+    # the real module's names stay (a lazy ``from ..data import DATASETS`` elsewhere must still work when
+    # this test runs first), with load_dataset replaced
+    import attnguard.data as real
+
     mod = types.ModuleType("attnguard.data")
+    mod.__dict__.update({k: v for k, v in vars(real).items() if k != "__name__"})
 
     def load_dataset(name, root=None, **kw):
         seen.append((name, root))
@@ -195,6 +200,23 @@ def test_evals_metrics_and_train_info(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "seconds": 2.0}\n\n{"step": 2, "seconds": 4.0}\n{"step": 3, "se')
     (run / "train.json").write_text('{"seconds": 9.5}')
     assert [m["step"] for m in rd.metrics()] == [1, 2] and rd.train_info() == {"seconds": 9.5}
+
+
+def test_an_export_reads_only_its_own_evaluations(tmp_path):
+    """Two exports in one folder: ``attnguard eval`` writes both files there, and each export's evals()
+    holds its own (the file records the checkpoint it measured); a file from before that key is kept."""
+    export_safetensors(always(7), tmp_path / "a.safetensors")
+    export_safetensors(always(3), tmp_path / "b.safetensors")
+    (tmp_path / "eval.json").write_text(json.dumps({"clean": 0.1, "checkpoint": "a.safetensors"}))
+    (tmp_path / "eval-pgd-20-n10.json").write_text(json.dumps({"clean": 0.2, "checkpoint": "b.safetensors"}))
+    (tmp_path / "eval-old.json").write_text(json.dumps({"clean": 0.3}))
+    notes = []
+    a = RunDir(tmp_path / "a.safetensors").evals(notes)
+    assert [(p.name, e["clean"]) for p, e in a] == [("eval.json", 0.1), ("eval-old.json", 0.3)]
+    assert notes == ["eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors; it was left out"]
+    b = RunDir(tmp_path / "b.safetensors").evals()
+    assert [(p.name, e["clean"]) for p, e in b] == [("eval-old.json", 0.3), ("eval-pgd-20-n10.json", 0.2)]
+    assert len(RunDir(tmp_path).evals()) == 3  # a folder given as a run directory: every file, as before
 
 
 # ---------------------------------------------------------------- eval.checkpoint through the CLI

@@ -335,7 +335,21 @@ class RunDir:
         it is noted there and left out instead.
         """
         out = [(f, self._json(f, notes)) for f in self.eval_files()]
-        return [(f, e) for f, e in out if e is not None]
+        out = [(f, e) for f, e in out if e is not None]
+        if self._file is None:
+            return out
+        # a checkpoint or export shares its folder with other models' files: keep the evaluations of this
+        # file only (each records the file it measured), so that two exports side by side never read each
+        # other's numbers; a file written before that key existed cannot be told apart and is kept
+        mine = []
+        for f, e in out:
+            other = e.get("checkpoint")
+            if other and other != self._file.name:
+                if notes is not None:
+                    notes.append(f"{f.name} beside {self._file.name} evaluated {other}; it was left out")
+                continue
+            mine.append((f, e))
+        return mine
 
     def train_info(self) -> dict:
         """``train.json`` (steps, seconds, machine), or ``{}`` where training wrote none."""
