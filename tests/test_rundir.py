@@ -12,7 +12,7 @@ import yaml
 import attnguard
 from attnguard.cli import main
 from attnguard.errors import CheckpointError, ConfigError
-from attnguard.io import FORMAT, atomic_torch_save, export_safetensors
+from attnguard.io import FORMAT, atomic_torch_save, export_safetensors, weights_fingerprint
 from attnguard.rundir import RunDir, parse_eps
 
 CONFIG = {"data": {"name": "fake-digits", "root": "/some/root"}, "model": {"name": "lenet", "width": 0.25},
@@ -213,10 +213,15 @@ def test_an_export_reads_only_its_own_evaluations(tmp_path):
     notes = []
     a = RunDir(tmp_path / "a.safetensors").evals(notes)
     assert [(p.name, e["clean"]) for p, e in a] == [("eval.json", 0.1), ("eval-old.json", 0.3)]
-    assert notes == ["eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors; it was left out"]
+    assert len(notes) == 1 and notes[0].startswith("eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors")
     b = RunDir(tmp_path / "b.safetensors").evals()
     assert [(p.name, e["clean"]) for p, e in b] == [("eval-old.json", 0.3), ("eval-pgd-20-n10.json", 0.2)]
-    assert len(RunDir(tmp_path).evals()) == 3  # a folder given as a run directory: every file, as before
+    # a run's evaluation of last.pt copied beside that checkpoint's export: the weights say it is this model
+    fp = weights_fingerprint(attnguard.load_model(tmp_path / "b.safetensors"))
+    (tmp_path / "eval-run.json").write_text(json.dumps({"clean": 0.4, "checkpoint": "last.pt", "weights": fp}))
+    assert [p.name for p, _ in RunDir(tmp_path / "b.safetensors").evals()][-1] == "eval-run.json"
+    assert "eval-run.json" not in [p.name for p, _ in RunDir(tmp_path / "a.safetensors").evals()]
+    assert len(RunDir(tmp_path).evals()) == 4  # a folder given as a run directory: every file, as before
 
 
 # ---------------------------------------------------------------- eval.checkpoint through the CLI

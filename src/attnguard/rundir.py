@@ -339,15 +339,23 @@ class RunDir:
         if self._file is None:
             return out
         # a checkpoint or export shares its folder with other models' files: keep the evaluations of this
-        # file only (each records the file it measured), so that two exports side by side never read each
-        # other's numbers; a file written before that key existed cannot be told apart and is kept
-        mine = []
+        # file only, so that two exports side by side never read each other's numbers. A file names the
+        # checkpoint it measured and the weights' fingerprint: the same name, or the same weights (the
+        # run's eval.json of last.pt copied beside that checkpoint's export) is this model; a file from
+        # before both keys cannot be told apart and is kept
+        mine, fingerprint = [], None
         for f, e in out:
-            other = e.get("checkpoint")
+            other, weights = e.get("checkpoint"), e.get("weights")
             if other and other != self._file.name:
-                if notes is not None:
-                    notes.append(f"{f.name} beside {self._file.name} evaluated {other}; it was left out")
-                continue
+                if weights and fingerprint is None:
+                    from .io import weights_fingerprint
+
+                    fingerprint = weights_fingerprint(self.model("cpu"))
+                if not weights or weights != fingerprint:
+                    if notes is not None:
+                        notes.append(f"{f.name} beside {self._file.name} evaluated {other} (other weights); "
+                                     "it was left out")
+                    continue
             mine.append((f, e))
         return mine
 
