@@ -204,7 +204,8 @@ def test_evals_metrics_and_train_info(tmp_path):
 
 def test_an_export_reads_only_its_own_evaluations(tmp_path):
     """Two exports in one folder: ``attnguard eval`` writes both files there, and each export's evals()
-    holds its own (the file records the checkpoint it measured); a file from before that key is kept."""
+    holds its own (the file records the checkpoint it measured); a file from before that key is kept only
+    where the export is alone in its folder."""
     export_safetensors(always(7), tmp_path / "a.safetensors")
     export_safetensors(always(3), tmp_path / "b.safetensors")
     (tmp_path / "eval.json").write_text(json.dumps({"clean": 0.1, "checkpoint": "a.safetensors"}))
@@ -212,16 +213,22 @@ def test_an_export_reads_only_its_own_evaluations(tmp_path):
     (tmp_path / "eval-old.json").write_text(json.dumps({"clean": 0.3}))
     notes = []
     a = RunDir(tmp_path / "a.safetensors").evals(notes)
-    assert [(p.name, e["clean"]) for p, e in a] == [("eval.json", 0.1), ("eval-old.json", 0.3)]
-    assert len(notes) == 1 and notes[0].startswith("eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors")
+    assert [(p.name, e["clean"]) for p, e in a] == [("eval.json", 0.1)]
+    assert len(notes) == 2 and "eval-old.json beside a.safetensors does not say" in notes[0]
+    assert notes[1].startswith("eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors")
     b = RunDir(tmp_path / "b.safetensors").evals()
-    assert [(p.name, e["clean"]) for p, e in b] == [("eval-old.json", 0.3), ("eval-pgd-20-n10.json", 0.2)]
+    assert [(p.name, e["clean"]) for p, e in b] == [("eval-pgd-20-n10.json", 0.2)]
     # a run's evaluation of last.pt copied beside that checkpoint's export: the weights say it is this model
     fp = weights_fingerprint(attnguard.load_model(tmp_path / "b.safetensors"))
     (tmp_path / "eval-run.json").write_text(json.dumps({"clean": 0.4, "checkpoint": "last.pt", "weights": fp}))
     assert [p.name for p, _ in RunDir(tmp_path / "b.safetensors").evals()][-1] == "eval-run.json"
     assert "eval-run.json" not in [p.name for p, _ in RunDir(tmp_path / "a.safetensors").evals()]
     assert len(RunDir(tmp_path).evals()) == 4  # a folder given as a run directory: every file, as before
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    export_safetensors(always(7), alone / "c.safetensors")
+    (alone / "eval.json").write_text(json.dumps({"clean": 0.3}))
+    assert [p.name for p, _ in RunDir(alone / "c.safetensors").evals()] == ["eval.json"]
 
 
 # ---------------------------------------------------------------- eval.checkpoint through the CLI

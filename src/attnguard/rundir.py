@@ -341,11 +341,17 @@ class RunDir:
         # a checkpoint or export shares its folder with other models' files: keep the evaluations of this
         # file only, so that two exports side by side never read each other's numbers. A file names the
         # checkpoint it measured and the weights' fingerprint: the same name, or the same weights (the
-        # run's eval.json of last.pt copied beside that checkpoint's export) is this model; a file from
-        # before both keys cannot be told apart and is kept
+        # run's eval.json of last.pt copied beside that checkpoint's export) is this model. A file from
+        # before both keys cannot be told apart: it is kept only where no other model file shares the folder
         mine, fingerprint = [], None
+        alone = not any(p != self._file and p.suffix in (".pt", ".safetensors") for p in self.path.iterdir())
         for f, e in out:
             other, weights = e.get("checkpoint"), e.get("weights")
+            if not other and not weights and not alone:
+                if notes is not None:
+                    notes.append(f"{f.name} beside {self._file.name} does not say which model it evaluated, and "
+                                 "other model files share the folder; it was left out")
+                continue
             if other and other != self._file.name:
                 if weights and fingerprint is None:
                     from .io import weights_fingerprint
