@@ -122,22 +122,39 @@ def repack_without(src: Path, dst: Path, drop: Sequence[str]) -> List[str]:
     return dropped
 
 
-def prepare_data(source: Path, dest: Path) -> List[dict]:
-    """Copy a parquet dataset's test shards and its first training shard (the carry limit holds no more)."""
+def prepare_data(source: Path, dest: Path, train_rows: Optional[int] = None) -> List[dict]:
+    """Copy a parquet dataset's test shards and the first ``train_rows`` training rows (all of them when None).
+
+    The CPU CIFAR-10 protocol trains on the first 40,000 training images (``data.train_size``): the
+    shards before the cut are kept whole, and the shard the cut falls in keeps its first rows only,
+    under its own name (the loader reads shards in name order, so the first ``train_rows`` images,
+    and the 500 validation images drawn from them, are the same as from the full folder).
+    """
+    import pyarrow.parquet as pq
+
     tests = sorted(source.glob("test-*.parquet"))
     trains = sorted(source.glob("train-*.parquet"))
     if not tests or not trains:
         raise FileNotFoundError(f"{source} holds no test-*.parquet and train-*.parquet files")
     dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in tests + trains[:1]:
+    keep, out, taken = [], [], 0
+    for f in tests + trains:
         target = dest / f.name
-        if not target.is_file() or target.stat().st_size != f.stat().st_size:
-            shutil.copyfile(f, target)
+        rows = pq.ParquetFile(f).metadata.num_rows
+        is_train = f in trains
+        if is_train and train_rows is not None and taken >= train_rows:
+            break
+        cut = min(rows, train_rows - taken) if is_train and train_rows is not None else rows
+        # rewritten, not copied: zstd shrinks CIFAR's JPEG bytes about 2.5x (each image repeats the same
+        # ~600-byte header and tables), which the published shards leave uncompressed; the values and the
+        # schema's metadata (class names) are unchanged
+        pq.write_table(pq.read_table(f).slice(0, cut), target, compression="zstd")
+        taken += cut if is_train else 0
+        keep.append(target.name)
         out.append({"file": str(target.relative_to(REPO) if target.is_relative_to(REPO) else target),
-                    "mib": target.stat().st_size / MIB})
-    for stale in dest.glob("train-*.parquet"):
-        if stale.name != trains[0].name:
+                    "mib": target.stat().st_size / MIB, "rows": cut})
+    for stale in dest.glob("*.parquet"):
+        if stale.name not in keep:
             stale.unlink()
     return out
 

@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="most the state folder may weigh (it travels both ways within the 64 MiB carry)")
     p.add_argument("--data", default=None, help="dataset folder the rows read as '{data}' (e.g. .gpu_data/cifar10-jpeg)")
     p.add_argument("--data-from", type=Path, default=None, help="--prepare: parquet folder to copy --data from")
+    p.add_argument("--train-rows", type=int, default=40000,
+                   help="--prepare: training rows to copy (the CPU CIFAR-10 protocol's data.train_size); 0 = all")
     p.add_argument("--rows", default=None, help="row list, a JSON file or inline JSON (default "
                    "benchmarks/gpu_rows.json; dry run: one tiny mnist-5k row)")
     p.add_argument("--min-row-s", type=float, default=60.0, help="start no row with fewer seconds left")
@@ -124,8 +126,8 @@ def prepare(args) -> int:
         print(f"{w['wheel']:<48} {w['mib']:6.2f} MiB{extra}")
     data = _repo_path(args.data)
     if args.data_from:
-        for f in E.prepare_data(args.data_from, data):
-            print(f"{f['file']:<48} {f['mib']:6.2f} MiB")
+        for f in E.prepare_data(args.data_from, data, args.train_rows or None):
+            print(f"{f['file']:<48} {f['mib']:6.2f} MiB  {f['rows']} rows")
     state = args.state or REPO / ".gpu_state"
     rep = E.carry_report([args.wheels, state, data])
     for k, v in rep["parts"].items():
