@@ -10,14 +10,17 @@ and benchmarks as well) is ``benchmarks/test_benchmarks_smoke.py::test_gpu_sessi
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -320,3 +323,37 @@ def test_dry_run_rows_stop_resume_and_are_found_done(tmp_path):
     info = R.absorb(out, tmp_path / "restored")  # the state travels back
     assert json.loads((tmp_path / "restored" / "state.json").read_text())["rows"]["dry-mnist5k-lenet-madry"]["status"] == "done"
     assert info["generation"] == 1
+
+
+def test_prepare_data_keeps_the_first_training_rows_and_their_values(tmp_path):
+    """--prepare carries the first N training rows (the protocol's data.train_size): the shards before the
+    cut whole, the one it falls in cut; rewritten with zstd, the loaded images, labels and class names are
+    those of the full folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from attnguard.data.files import load_parquet
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    meta = {"huggingface": json.dumps({"info": {"features": {"label": {"names": ["a", "b", "c"]}}}})}
+    for name, n in (("train-00000-of-00002", 5), ("train-00001-of-00002", 4), ("test-00000-of-00001", 3)):
+        blobs = []
+        for _ in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+            blobs.append({"bytes": buf.getvalue(), "path": "x.png"})
+        table = pa.table({"image": pa.array(blobs), "label": pa.array(rng.integers(0, 3, n), pa.int64())})
+        pq.write_table(table.replace_schema_metadata(meta), src / f"{name}.parquet", compression="none")
+    dest = tmp_path / "dest"
+    (dest).mkdir()
+    (dest / "train-00009-of-00010.parquet").write_bytes(b"stale")
+    got = E.prepare_data(src, dest, train_rows=7)
+    assert [(Path(g["file"]).name, g["rows"]) for g in got] == [
+        ("test-00000-of-00001.parquet", 3), ("train-00000-of-00002.parquet", 5), ("train-00001-of-00002.parquet", 2)]
+    assert sorted(p.name for p in dest.iterdir()) == [Path(g["file"]).name for g in got]  # the stale shard is gone
+    full, cut = load_parquet(str(src)), load_parquet(str(dest))
+    assert torch.equal(cut[0].images, full[0].images[:7]) and torch.equal(cut[0].labels, full[0].labels[:7])
+    assert torch.equal(cut[1].images, full[1].images) and cut[2] == full[2] == ["a", "b", "c"]
+    assert len(E.prepare_data(src, dest)) == 3 and len(load_parquet(str(dest))[0].labels) == 9  # None: all rows
