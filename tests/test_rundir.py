@@ -214,8 +214,10 @@ def test_an_export_reads_only_its_own_evaluations(tmp_path):
     notes = []
     a = RunDir(tmp_path / "a.safetensors").evals(notes)
     assert [(p.name, e["clean"]) for p, e in a] == [("eval.json", 0.1)]
-    assert len(notes) == 2 and "eval-old.json beside a.safetensors does not say" in notes[0]
-    assert notes[1].startswith("eval-pgd-20-n10.json beside a.safetensors evaluated b.safetensors")
+    assert notes == ["a.safetensors: 1 evaluation file(s) beside it measured other weights (the checkpoint name "
+                     "and weights each records) and were left out, e.g. eval-pgd-20-n10.json",
+                     "a.safetensors: eval-old.json beside it do(es) not say which model was evaluated, and other "
+                     "model files share the folder; left out"]
     b = RunDir(tmp_path / "b.safetensors").evals()
     assert [(p.name, e["clean"]) for p, e in b] == [("eval-pgd-20-n10.json", 0.2)]
     # a run's evaluation of last.pt copied beside that checkpoint's export: the weights say it is this model

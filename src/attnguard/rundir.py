@@ -343,14 +343,12 @@ class RunDir:
         # checkpoint it measured and the weights' fingerprint: the same name, or the same weights (the
         # run's eval.json of last.pt copied beside that checkpoint's export) is this model. A file from
         # before both keys cannot be told apart: it is kept only where no other model file shares the folder
-        mine, fingerprint = [], None
+        mine, others, unknown, fingerprint = [], [], [], None
         alone = not any(p != self._file and p.suffix in (".pt", ".safetensors") for p in self.path.iterdir())
         for f, e in out:
             other, weights = e.get("checkpoint"), e.get("weights")
             if not other and not weights and not alone:
-                if notes is not None:
-                    notes.append(f"{f.name} beside {self._file.name} does not say which model it evaluated, and "
-                                 "other model files share the folder; it was left out")
+                unknown.append(f.name)
                 continue
             if other and other != self._file.name:
                 if weights and fingerprint is None:
@@ -358,11 +356,15 @@ class RunDir:
 
                     fingerprint = weights_fingerprint(self.model("cpu"))
                 if not weights or weights != fingerprint:
-                    if notes is not None:
-                        notes.append(f"{f.name} beside {self._file.name} evaluated {other} (other weights); "
-                                     "it was left out")
+                    others.append(f.name)
                     continue
             mine.append((f, e))
+        if notes is not None and others:  # one line per model: a folder of 15 exports would give 14 each
+            notes.append(f"{self._file.name}: {len(others)} evaluation file(s) beside it measured other weights "
+                         f"(the checkpoint name and weights each records) and were left out, e.g. {others[0]}")
+        if notes is not None and unknown:
+            notes.append(f"{self._file.name}: {', '.join(unknown)} beside it do(es) not say which model was "
+                         "evaluated, and other model files share the folder; left out")
         return mine
 
     def train_info(self) -> dict:
