@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from .errors import CheckpointError, ConfigError
+from .ownership import own_evals
 from .utils.numbers import parse_number
 
 PathLike = Union[str, os.PathLike]
@@ -332,40 +333,16 @@ class RunDir:
         """``[(path, parsed eval*.json)]`` in :meth:`eval_files` order.
 
         A file that is not a JSON object raises :class:`CheckpointError`; with ``notes`` (a list)
-        it is noted there and left out instead.
+        it is noted there and left out instead. For a checkpoint or export target, only the files
+        that measured that model (:func:`attnguard.ownership.own_evals`).
         """
         out = [(f, self._json(f, notes)) for f in self.eval_files()]
         out = [(f, e) for f, e in out if e is not None]
         if self._file is None:
             return out
-        # a checkpoint or export shares its folder with other models' files: keep the evaluations of this
-        # file only, so that two exports side by side never read each other's numbers. A file names the
-        # checkpoint it measured and the weights' fingerprint: the same name, or the same weights (the
-        # run's eval.json of last.pt copied beside that checkpoint's export) is this model. A file from
-        # before both keys cannot be told apart: it is kept only where no other model file shares the folder
-        mine, others, unknown, fingerprint = [], [], [], None
-        alone = not any(p != self._file and p.suffix in (".pt", ".safetensors") for p in self.path.iterdir())
-        for f, e in out:
-            other, weights = e.get("checkpoint"), e.get("weights")
-            if not other and not weights and not alone:
-                unknown.append(f.name)
-                continue
-            if other and other != self._file.name:
-                if weights and fingerprint is None:
-                    from .io import weights_fingerprint
+        from .io import weights_fingerprint
 
-                    fingerprint = weights_fingerprint(self.model("cpu"))
-                if not weights or weights != fingerprint:
-                    others.append(f.name)
-                    continue
-            mine.append((f, e))
-        if notes is not None and others:  # one line per model: a folder of 15 exports would give 14 each
-            notes.append(f"{self._file.name}: {len(others)} evaluation file(s) beside it measured other weights "
-                         f"(the checkpoint name and weights each records) and were left out, e.g. {others[0]}")
-        if notes is not None and unknown:
-            notes.append(f"{self._file.name}: {', '.join(unknown)} beside it do(es) not say which model was "
-                         "evaluated, and other model files share the folder; left out")
-        return mine
+        return own_evals(self._file, out, lambda: weights_fingerprint(self.model("cpu")), notes)
 
     def train_info(self) -> dict:
         """``train.json`` (steps, seconds, machine), or ``{}`` where training wrote none."""
