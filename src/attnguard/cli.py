@@ -339,7 +339,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .train.validate import listing
+    from .listing import listing
 
     for name, desc in listing(args.what):
         print(f"{name:<28} {desc}")

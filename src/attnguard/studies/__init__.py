@@ -6,6 +6,7 @@ The run's HTML report shows every study it finds there. A new study is one modul
 ``STUDIES.add`` line in it, imported by :mod:`attnguard.studies.catalog`.
 """
 
-from .registry import STUDIES, StudyContext, run_study
+from .registry import STUDIES, StudyContext
+from .runner import run_study
 
 __all__ = ["STUDIES", "StudyContext", "run_study"]

@@ -1,8 +1,6 @@
-"""Name checks before any work starts, and the listings behind ``attnguard list``."""
+"""Name checks before any work starts."""
 
 from __future__ import annotations
-
-from typing import List, Tuple
 
 from .config import RunConfig
 
@@ -19,36 +17,3 @@ def check_names(cfg: RunConfig) -> None:
     check_dataset_name(cfg.data.name)
     for name in cfg.eval.attacks:
         parse_attack(name)
-
-
-def listing(what: str) -> List[Tuple[str, str]]:
-    if what == "models":
-        from ..models import MODELS
-
-        return MODELS.describe()
-    if what == "datasets":
-        from ..data import DATASETS
-
-        return DATASETS.describe()
-    if what == "defenses":
-        from ..defenses import PRESETS
-
-        return sorted(PRESETS.items())
-    if what == "regularizers":
-        from ..defenses import REGULARIZERS
-
-        return REGULARIZERS.describe()
-    if what == "attacks":
-        from ..attacks.registry import ATTACKS
-
-        return ATTACKS.describe()
-    if what == "configs":  # the packaged configs: the same listing from any directory
-        from ..configs import list_configs
-
-        return list_configs()
-    if what == "studies":
-        from ..studies import STUDIES
-        from ..studies import catalog  # noqa: F401  (registers the studies)
-
-        return STUDIES.describe()
-    raise ValueError(what)
