@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpu_env as E  # noqa: E402
@@ -132,13 +134,34 @@ def prepare(args) -> int:
     rep = E.carry_report([args.wheels, state, data])
     for k, v in rep["parts"].items():
         print(f"{k:<48} {v:6.2f} MiB")
-    room = rep["limit_mib"] - rep["total_mib"]
-    print(f"total {rep['total_mib']:.1f} of {rep['limit_mib']} MiB; room left {room:.1f} MiB "
-          f"(the state folder may grow to --state-budget-mib {args.state_budget_mib:g})")
+    room = rep["limit_mib"] - rep["total_mib"] + E.dir_mib(state)  # the state's own size is inside its budget
+    budget = state_budget(room, args.state_budget_mib)
+    print(f"total {rep['total_mib']:.1f} of {rep['limit_mib']} MiB; room for the state folder {room:.1f} MiB "
+          f"(asked --state-budget-mib {args.state_budget_mib:g})")
+    if budget is None:
+        print(f"no room: the state folder needs at least {MIN_STATE_MIB:g} MiB (two rows' checkpoints); "
+              "shrink the working tree or the carried data")
+        return 1
     carry = [str(p.relative_to(REPO)) for p in (args.wheels, state, data) if p.is_relative_to(REPO)]
+    extra = "" if budget == args.state_budget_mib else f" --state-budget-mib {budget:g}"
+    if extra:
+        print(f"the state budget is cut to {budget:g} MiB to fit the carry (the command below says so)")
     print(f"\ndevice tool: carry {json.dumps(carry)}, timeout_s 560, command:\n"
-          f"PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --out $OUT --data {_rel(data)} --commit {_commit()}")
-    return 0 if room >= args.state_budget_mib else 1
+          f"PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --out $OUT --data {_rel(data)}{extra} --commit {_commit()}")
+    return 0
+
+
+MIN_STATE_MIB = 8.0  # a CIFAR row's resumable last.pt is ~3.3 MiB: two rows in flight, with their eval files
+
+
+def state_budget(room_mib: float, wanted_mib: float) -> Optional[float]:
+    """``wanted_mib`` if it fits ``room_mib``, else the room rounded down to 0.5 MiB if that still holds
+    :data:`MIN_STATE_MIB`, else None. The committed result exports grow the working tree, which travels
+    too, so the room left for the state shrinks from session to session."""
+    if wanted_mib <= room_mib:
+        return wanted_mib
+    fit = math.floor(room_mib * 2) / 2
+    return fit if fit >= MIN_STATE_MIB else None
 
 
 def absorb(args) -> int:

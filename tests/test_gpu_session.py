@@ -357,3 +357,14 @@ def test_prepare_data_keeps_the_first_training_rows_and_their_values(tmp_path):
     assert torch.equal(cut[0].images, full[0].images[:7]) and torch.equal(cut[0].labels, full[0].labels[:7])
     assert torch.equal(cut[1].images, full[1].images) and cut[2] == full[2] == ["a", "b", "c"]
     assert len(E.prepare_data(src, dest)) == 3 and len(load_parquet(str(dest))[0].labels) == 9  # None: all rows
+
+
+def test_state_budget_fits_the_room_the_tree_leaves():
+    """--prepare cuts the state budget to the carry's room (the committed exports grow the tree)."""
+    import gpu_session as G
+
+    assert G.state_budget(30.0, 20.0) == 20.0  # room enough: as asked
+    assert G.state_budget(13.1, 20.0) == 13.0  # cut, rounded down to 0.5 MiB
+    assert G.state_budget(12.74, 20.0) == 12.5
+    assert G.state_budget(G.MIN_STATE_MIB - 0.1, 20.0) is None  # too little for two rows' checkpoints
+    assert G.state_budget(30.0, 5.0) == 5.0  # a smaller budget asked for is the caller's choice
