@@ -8,6 +8,7 @@ that enables the closed-form Grad-CAM.
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 from ..errors import AttnGuardError, check_range
@@ -104,6 +105,11 @@ def create_model(
     try:
         net = entry.builder(num_classes=num_classes, input_size=input_size, **kwargs)
     except TypeError as e:
+        # a builder's TypeError names a lambda, not the option; say which option and where it came from
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if m:
+            raise AttnGuardError(f"model '{name}' takes no option '{m.group(1)}' (from model.options: a config "
+                                 "written for another model can be cleared with --set 'model.options={}')") from None
         raise AttnGuardError(f"bad options for model '{name}': {e}") from None
     c = input_size[0]
     if mean is None:
