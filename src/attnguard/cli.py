@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .train.config import resolve_config
-    from .train.rundir import finished_checkpoint, resume_config_file, resume_conflicts
+    from .train.rundir import finished_checkpoint, mark_complete, resume_config_file, resume_conflicts
     from .train.validate import check_names
 
     overrides = train_overrides(args)
@@ -182,6 +182,10 @@ def cmd_train(args) -> int:
         done = finished_checkpoint(Path(args.out), cfg)
         if done:
             print(f"{args.out} is complete (epoch {done['epoch']}, step {done['step']}); nothing to resume")
+            if mark_complete(Path(args.out), done):  # stopped after its last checkpoint: finish the run's files
+                print(f"marked {args.out}/train.json complete")
+                if not args.no_eval and _is_main_process() and not (Path(args.out) / "eval.json").is_file():
+                    _final_eval(Path(args.out), cfg)
             return 0
     else:
         cfg = resolve_config(args.config, overrides)

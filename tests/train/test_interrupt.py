@@ -145,3 +145,38 @@ def test_ctrl_c_before_the_run_directory_exists(tmp_path, monkeypatch, capsys):
     assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["interrupted before the run directory was written; nothing saved"]
+
+
+def test_ctrl_c_in_the_last_validation_then_resume_finishes_the_run(tmp_path, monkeypatch, capsys):
+    """The race behind a once-flaky gpu_session test: the stop lands after the last step, in the final
+    epoch's validation. last.pt is then the end of training but train.json says complete: false; a
+    resume has no step to train and must still mark the run complete (and evaluate it, unless --no-eval)."""
+    from attnguard import cli
+
+    run = tmp_path / "run"
+    real = T.Trainer.validate
+
+    def validate(self):
+        out = real(self)
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, after the last step
+        return out
+
+    monkeypatch.setattr(T.Trainer, "validate", validate)
+    assert main(["train", *TINY, "--out", str(run)]) == 130
+    ck = _weights(run / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["batch"], ck["step"]) == (1, 0, 6)
+    first = json.loads((run / "train.json").read_text())
+    assert first["complete"] is False and first["seconds"] > 0
+    monkeypatch.undo()
+    evals = []
+    monkeypatch.setattr(cli, "_final_eval", lambda r, cfg: evals.append(Path(r)))
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "is complete" in out and "marked" in out
+    info = json.loads((run / "train.json").read_text())
+    assert info["complete"] is True and info["steps"] == 6 and info["epochs"] == 1
+    assert info["seconds"] == first["seconds"]  # the time counted so far is kept, not reset
+    assert evals == [run]  # the final evaluation the stop skipped
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # now a plain finished run: nothing rewritten
+    assert "marked" not in capsys.readouterr().out and evals == [run]

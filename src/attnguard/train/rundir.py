@@ -125,6 +125,25 @@ def finished_checkpoint(run: Path, cfg: RunConfig) -> Optional[dict]:
     return None
 
 
+def mark_complete(run: Path, pos: dict) -> bool:
+    """Record in ``train.json`` that training is over, when ``last.pt`` (at ``pos``) is its end but the file
+    says otherwise; True when it changed anything.
+
+    The case: a Ctrl-C that lands in the last epoch's validation stops the run after the end-of-training
+    checkpoint is saved, with ``train.json`` still ``complete: false``. A resume then has no step left to
+    train; without this the run would stay marked unfinished for good. The time already counted is kept.
+    """
+    path = run / TRAIN_INFO_FILE
+    info = read_json(path) or {}
+    if info.get("complete") is True:
+        return False
+    info.update(steps=int(pos["step"]), epochs=int(pos["epoch"]), complete=True)
+    if "seconds" not in info:
+        info["note"] = "completed by a resume that found last.pt at the end of training; its time was never recorded"
+    atomic_write_text(path, json.dumps(info, indent=1) + "\n")
+    return True
+
+
 def write_train_info(run: Path, *, steps: int, epochs: int, world_size: int, seconds: float, resumed: bool,
                      device, fast_path: dict, complete: bool = True, cpu_seconds: float = 0.0) -> None:
     """``train.json``: where and how long this run trained, for the tables that quote it.
