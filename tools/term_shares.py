@@ -1,6 +1,6 @@
 """Each attention term's share of the parameter gradient at its default weight, on trained models.
 
-The measure of tests/defenses/test_fidelity_alive.py (there on the LeNet fixture), on any model and
+The measure of attnguard.defenses.term_share (tests/defenses/test_fidelity_alive.py checks it on the LeNet fixture), on any model and
 dataset: ``||grad(objective) - grad(objective with the term's weight 0)|| / ||grad(objective with it 0)||``
 on the first ``--n`` test images, the same adversarial examples for both (the training adversary,
 crafted once on the model in train mode). A share below 1e-3 means the defense trains as its base.
@@ -16,37 +16,18 @@ import torch
 
 from attnguard import load_model
 from attnguard.data import load_dataset
-from attnguard.defenses import build_objective
 from attnguard.defenses.adversary import AdversaryConfig
-from attnguard.defenses.config import DefenseConfig
+from attnguard.defenses.term_share import TERMS, TermShares
 
-# (name, preset, section, weight key): the attention terms with a preset of their own
-TERMS = [("aad rectification", "madry+aad", "aad", "alpha"), ("aad preservation", "madry+aad", "aad", "beta"),
-         ("at", "madry+at", "at", "beta"), ("afm matching", "afm", "afm", "lambda1"),
-         ("afm norm decay", "afm", "afm", "lambda2"), ("afm-cam matching", "afm-cam", "afm-cam", "lambda1"),
-         ("afm-cam norm decay", "afm-cam", "afm-cam", "lambda2")]
+# the afm/at/aad family: the fm-* feature-matching ablations are left to the test's fixture
+SHOWN = [t for t in TERMS if not t[0].startswith("fm-")]
 
 
 def shares(model, x, y, adversary: AdversaryConfig):
-    model.train()
-    torch.manual_seed(0)
-    x_adv = build_objective(DefenseConfig(preset="madry"), adversary).base.craft(model, x, y)
-
-    def grad(preset, section, key, weight):
-        cfg = DefenseConfig(preset=preset)
-        setattr(cfg.params(section), key, weight)
-        obj = build_objective(cfg, adversary)
-        obj.base.craft = lambda *_: x_adv  # the same adversarial examples for both gradients
-        loss, _ = obj(model, x, y)
-        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
-
-    on_by_preset = {}  # a preset's gradient at its default weights serves each of its terms
-    for name, preset, section, key in TERMS:
-        w = getattr(DefenseConfig(preset=preset).params(section), key)
-        if preset not in on_by_preset:
-            on_by_preset[preset] = grad(preset, section, key, w)
-        on, off = on_by_preset[preset], grad(preset, section, key, 0.0)
-        yield name, w, ((on - off).norm() / off.norm()).item()
+    measure = TermShares(model, x, y, adversary)
+    for name, preset, (section, key), _ in SHOWN:
+        value, weight, _ = measure.share(preset, section, key)
+        yield name, weight, value
 
 
 def main(argv=None) -> int:

@@ -23,26 +23,12 @@ import torch
 
 from attnguard import load_model
 from attnguard.data import load_dataset
-from attnguard.defenses import build_objective
 from attnguard.defenses.adversary import AdversaryConfig
-from attnguard.defenses.config import DefenseConfig
+from attnguard.defenses.term_share import ALIVE, TERMS, TermShares
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "defrun-lenet-madry-aad.pt"
-ALIVE = 1e-3
 ADVERSARY = AdversaryConfig(eps=0.3, step_size=0.1, steps=5)  # the default run's in-training adversary
 
-# (term, preset, weight key of its section, part reported): every attention term at its default weight
-TERMS = [
-    ("aad rectification", "madry+aad", ("aad", "alpha"), "aad_rect"),
-    ("aad preservation", "madry+aad", ("aad", "beta"), "aad_pres"),
-    ("at", "madry+at", ("at", "beta"), "at"),
-    ("afm matching", "afm", ("afm", "lambda1"), "afm"),
-    ("afm norm decay", "afm", ("afm", "lambda2"), "afm_norm"),
-    ("afm-cam matching", "afm-cam", ("afm-cam", "lambda1"), "afm_cam"),
-    ("afm-cam norm decay", "afm-cam", ("afm-cam", "lambda2"), "afm_cam_norm"),
-    ("fm-single matching", "fm-single", ("fm-single", "lambda1"), "fm_single"),
-    ("fm-multi matching", "fm-multi", ("fm-multi", "lambda1"), "fm_multi"),
-]
 # AFM as the paper writes it (phi = Grad-CAM, 1/(h w) of Zhou et al.'s CAM) is documented as inert on
 # this model (defenses/afm.py, the deviations table): its terms must stay where they were measured.
 # afm-cam is the variant in which they act.
@@ -50,40 +36,14 @@ DOCUMENTED_INERT = {"afm matching": (1e-5, 1e-4), "afm norm decay": (3e-4, ALIVE
 
 
 @pytest.fixture(scope="module")
-def setting(one_thread):
-    model = load_model(FIXTURE).train()
+def shares(one_thread):
     test = load_dataset("mnist-5k").test
-    x, y = test.images[:64].float() / 255, test.labels[:64]
-    torch.manual_seed(0)
-    x_adv = build_objective(DefenseConfig(preset="madry"), ADVERSARY).base.craft(model, x, y)
-    return {"data": (model, x, y, x_adv), "defaults": {}}  # defaults: preset -> gradient at default weights
-
-
-def gradient(setting, preset, section, key, weight):
-    """The parameter gradient of the objective (its parts too), with one weight set, on the fixed x_adv."""
-    model, x, y, x_adv = setting["data"]
-    cfg = DefenseConfig(preset=preset)
-    params = cfg.params(section)
-    setattr(params, key, weight)
-    obj = build_objective(cfg, ADVERSARY)
-    obj.base.craft = lambda *_: x_adv  # the same adversarial examples for every objective
-    loss, parts = obj(model, x, y)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    return torch.cat([g.flatten() for g in grads]), parts
-
-
-def share(setting, preset, section, key):
-    default = getattr(DefenseConfig(preset=preset).params(section), key)
-    if preset not in setting["defaults"]:  # the preset's other terms share it
-        setting["defaults"][preset] = gradient(setting, preset, section, key, default)
-    on, parts = setting["defaults"][preset]
-    off, _ = gradient(setting, preset, section, key, 0.0)
-    return ((on - off).norm() / off.norm()).item(), default, parts
+    return TermShares(load_model(FIXTURE), test.images[:64].float() / 255, test.labels[:64], ADVERSARY)
 
 
 @pytest.mark.parametrize("term,preset,weight,part", TERMS, ids=[t[0] for t in TERMS])
-def test_attention_term_moves_the_gradient(setting, term, preset, weight, part):
-    value, default, parts = share(setting, preset, *weight)
+def test_attention_term_moves_the_gradient(shares, term, preset, weight, part):
+    value, default, parts = shares.share(preset, *weight)
     print(f"\n{term:20s} {weight[0]}.{weight[1]} = {default:g}: gradient share {value:.2e}")
     assert part in parts and torch.isfinite(parts[part])  # the term was computed
     if term in DOCUMENTED_INERT:
