@@ -188,7 +188,8 @@ def test_ddp_is_the_mean_of_the_shard_gradients(runs):
     moved = _max_diff(a["model"], torch.load(runs["ddp"] / "checkpoints" / "best.pt", weights_only=True)["model"])
     assert moved == 0.0  # one epoch: best is last
     ta, tr = _records(runs["ddp"], "train"), _records(runs["shards"], "train")
-    assert [x["step"] for x in ta] == [x["step"] for x in tr] == [4, 6, 8, 12]
+    # log lines every 4 steps; the checkpoint at step 6 checks for NaN but writes no line of its own
+    assert [x["step"] for x in ta] == [x["step"] for x in tr] == [4, 8, 12]
     for ra, rr in zip(ta, tr):
         assert ra.keys() == rr.keys()
         for k in ("loss", "ce", "aad_rect", "aad_pres", "acc_clean", "acc_adv", "lr"):
@@ -228,7 +229,7 @@ def test_only_rank0_writes_and_evaluates(runs):
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert proc.stdout.count("run directory:") == 1  # rank 0 speaks; rank 1 is quiet
     assert proc.stdout.count("wrote ") == 1  # the final evaluation ran once, on rank 0
-    assert len(_records(ddp, "val")) == 1 and len(_records(ddp, "train")) == 4  # no line written twice
+    assert len(_records(ddp, "val")) == 1 and len(_records(ddp, "train")) == 3  # no line written twice (steps 4, 8, 12)
     ck = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
     assert len(ck["rng_ranks"]) == 2  # each rank's RNG stream is kept for a resume
     assert not torch.equal(ck["rng_ranks"][0]["torch"], ck["rng_ranks"][1]["torch"])

@@ -82,6 +82,13 @@ def test_checkpoint_minutes_saves_mid_epoch(tmp_path, monkeypatch):
     steps.clear()
     assert main(["train", *TINY, "--out", str(tmp_path / "b"), "--set", "train.checkpoint_minutes=0"]) == 0
     assert steps == [6]  # 0: epoch ends only
+
+    def logged(run):  # the training lines, without their wall-clock field
+        lines = [json.loads(t) for t in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in lines if r.get("split") == "train"]
+
+    # a timed save neither adds a line nor restarts the running mean: the log does not depend on the clock
+    assert [r["step"] for r in logged("a")] == [2, 4, 6] and logged("a") == logged("b")
     steps.clear()
     assert main(["train", *TINY, "--out", str(tmp_path / "c")]) == 0  # the default, 5 minutes: not reached
     assert steps == [6]

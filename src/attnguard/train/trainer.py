@@ -221,6 +221,18 @@ class Trainer:
         """One host sync: NaN check, reduce across ranks, log a line (nothing to do without new steps)."""
         if self.running.steps == 0:
             return
+        self._check_finite()
+        self.running.reduce(self.dist.enabled)
+        stats = self.running.mean()
+        self.running = Running(self.device)
+        rec = {"epoch": self.epoch + 1, "step": self.step, "split": "train",
+               "lr": self.sched.get_last_lr()[0], "seconds": round(time.time() - t0, 3), **stats}
+        self.log.write(rec)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k in ("loss", "acc_clean", "acc_adv")})
+
+    def _check_finite(self) -> None:
+        """Raise TrainingDiverged if a step since the start had a NaN/inf loss (one host sync)."""
         if self.dist.enabled:
             import torch.distributed as dist
 
@@ -233,14 +245,6 @@ class Trainer:
             raise TrainingDiverged(
                 f"loss became NaN or inf at epoch {self.epoch + 1}, step {bad}; training stopped and {kept} "
                 "(lower the learning rate, set optim.grad_clip, or try train.amp=off)")
-        self.running.reduce(self.dist.enabled)
-        stats = self.running.mean()
-        self.running = Running(self.device)
-        rec = {"epoch": self.epoch + 1, "step": self.step, "split": "train",
-               "lr": self.sched.get_last_lr()[0], "seconds": round(time.time() - t0, 3), **stats}
-        self.log.write(rec)
-        if bar is not None:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items() if k in ("loss", "acc_clean", "acc_adv")})
 
     # -- validation (train/holdout.py) -------------------------------------------------------
     def validate(self) -> dict:
@@ -314,8 +318,12 @@ class Trainer:
                 checkpoint = bool(cfg.train.checkpoint_every) and self.step % cfg.train.checkpoint_every == 0
                 due, stop = self._boundary()
                 checkpoint = checkpoint or due or stop
-                if checkpoint or self.step % cfg.train.log_every == 0:
-                    self._flush(t0, bar)  # before a checkpoint: a NaN step must never be saved
+                if stop or self.step % cfg.train.log_every == 0:
+                    self._flush(t0, bar)  # a stop logs the steps since the last line: the process ends here
+                elif checkpoint:
+                    # a NaN step must never be saved; the running mean goes on, so the logged lines are
+                    # the same whether or not a (wall-clock) train.checkpoint_minutes save fell between them
+                    self._check_finite()
                 if checkpoint:
                     self._save("last")
                 if stop:
