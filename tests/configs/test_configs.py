@@ -184,3 +184,28 @@ def test_a_parent_flat_key_and_a_child_section_merge_child_first(tmp_path):
     data = load_config_file(str(tmp_path / "child.yaml"))
     assert data["defense"]["aad"] == {"alpha": 0.05, "beta": 0.2}
     assert "aad_alpha" not in data["defense"]
+
+
+def test_model_options_belong_to_the_model_they_were_written_for():
+    """A layer that switches model.name without options of its own drops the lower layers' options
+    (resnet9's dropout must not reach preact-resnet18); options given with the switch, or a layer that
+    keeps the model, are merged as before."""
+    from attnguard.configs import load_config_file, merge
+    from attnguard.models import create_model
+    from attnguard.train.config import resolve_config
+
+    base = "cpu/cifar10-resnet9-madry"
+    assert resolve_config(base).model.options == {"dropout": 0.0}
+    switched = resolve_config(base, {"model": {"name": "preact-resnet18"}})
+    assert switched.model.name == "preact-resnet18" and switched.model.options == {}
+    assert switched.model.width == resolve_config(base).model.width  # only options are the model's own
+    create_model("preact-resnet18", num_classes=10, input_size=(3, 32, 32), width=0.25, **switched.model.options)
+    given = resolve_config(base, {"model": {"name": "preact-resnet18", "options": {"depth": 3}}})
+    assert given.model.options == {"depth": 3}  # the flag's options are used (and rejected by the model if wrong)
+    same = resolve_config(base, {"model": {"name": "resnet9", "width": 0.5}})
+    assert same.model.options == {"dropout": 0.0} and same.model.width == 0.5
+    # the same rule in a config file's extends: chain
+    child = merge(load_config_file(base), {"model": {"name": "lenet"}})
+    assert "options" not in child["model"]
+    assert merge({"model": {"name": "a", "options": {"x": 1}}}, {"model": {"options": {"y": 2}}}) == \
+        {"model": {"name": "a", "options": {"x": 1, "y": 2}}}

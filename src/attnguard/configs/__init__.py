@@ -32,10 +32,22 @@ def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = merge(without_foreign_options(key, out[key], value), value)
         else:
             out[key] = value
     return out
+
+
+def without_foreign_options(key: str, base: dict, over: dict) -> dict:
+    """``base`` without its ``options`` when it is the ``model`` section and ``over`` names another model.
+
+    ``model.options`` are keyword arguments of the model they were written for (resnet9's dropout);
+    a layer (a child config, ``--model``, ``--set model.name=...``) that switches the model without
+    giving options of its own starts from none, instead of handing the new model arguments it does
+    not take. The run's config.yaml records what was used."""
+    if key != "model" or "name" not in over or over["name"] == base.get("name") or "options" in over:
+        return base
+    return {k: v for k, v in base.items() if k != "options"}
 
 
 def config_names(include_bases: bool = False) -> List[str]:

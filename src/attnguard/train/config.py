@@ -194,10 +194,12 @@ def _choice(name, value, allowed):
 
 
 def _merge(base: dict, over: dict) -> dict:
+    from ..configs import without_foreign_options
+
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
-            out[k] = _merge(out[k], v)
+            out[k] = _merge(without_foreign_options(k, out[k], v), v)
         else:
             out[k] = v
     return out
