@@ -206,7 +206,7 @@ def test_ddp_matches_single_process_up_to_flips(runs):
     worst = _max_diff(a["model"], b["model"])
     assert worst <= SINGLE_WEIGHT_TOL, f"max |w_ddp - w_single| = {worst:.3g}"
     ta, tb = _records(runs["ddp"], "train"), _records(runs["single"], "train")
-    assert [x["step"] for x in ta] == [x["step"] for x in tb] == [4, 6, 8, 12]
+    assert [x["step"] for x in ta] == [x["step"] for x in tb] == [4, 8, 12]  # no line at the step-6 checkpoint
     for ra, rb in zip(ta, tb):
         assert ra.keys() == rb.keys() and ra["epoch"] == rb["epoch"]
         assert ra["lr"] == rb["lr"]  # the schedule counts global steps, whatever the world size
