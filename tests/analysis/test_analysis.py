@@ -291,3 +291,30 @@ def test_analyze_on_the_generated_synthetic_boxes_dataset(tmp_path):
     assert res["dataset"] == "synthetic-boxes" and res["boxes"] == "dataset" and res["masks"] == "dataset"
     if res["n_correct"]:
         assert "attention_vs_box" in res and set(res["activation_in_region"]) == {"box", "mask"}
+
+
+def test_flat_maps_are_left_out_of_the_clean_vs_adv_iou():
+    """A zero map's top cells are a positional tie: two zero maps would score IoU 1. Pairs with a flat map
+    on either side leave the table's rows (counted, and kept apart in rows_with_flat_maps)."""
+    from attnguard.analysis.attention_stats import clean_vs_adv_table
+
+    peak = lambda r, c: torch.zeros(4, 4).index_put_((torch.tensor([r]), torch.tensor([c])), torch.tensor(1.0))  # noqa: E731
+    clean = torch.stack([peak(0, 0), peak(0, 0), torch.zeros(4, 4), torch.zeros(4, 4)])
+    adv = torch.stack([peak(0, 0), peak(3, 3), torch.zeros(4, 4), peak(2, 2)])
+    succeed = torch.tensor([False, True, False, True])
+    table, per_k, note = clean_vs_adv_table(clean, adv, succeed, cells=(1,), grid=None)
+    # pairs 2 and 3: a zero map's top cell is whatever torch.topk returns for a tie (here, two zero maps
+    # "agree" and a zero map may "match" a peak): implementation-defined, so only the informative pairs are asserted
+    assert per_k[1].tolist()[:2] == [1.0, 0.0] and per_k[1][2] == 1.0
+    assert table["rows"] == [{"cells": 1, "succeed": 0.0, "fail": 1.0}]  # pairs 0 and 1 only
+    assert table["rows_with_flat_maps"][0]["fail"] == 1.0  # pairs 0 and 2 (two zero maps tie the same way)
+    assert table["flat_maps"] == {"clean": 2, "adversarial": 1, "pairs_left_out": 2, "succeed_left_out": 1,
+                                  "fail_left_out": 1}
+    assert note.startswith("2 of 4 clean/adversarial pairs have a flat attention map")
+    # with a flat fail pair that would lift the mean: every-pair fail mean 1.0 (pairs 0, 2), kept-pair mean 1.0;
+    # make pair 0 disagree to see the difference
+    adv[0] = peak(1, 1)
+    table, _, _ = clean_vs_adv_table(clean, adv, succeed, cells=(1,), grid=None)
+    assert table["rows"][0]["fail"] == 0.0 and table["rows_with_flat_maps"][0]["fail"] == 0.5
+    table, _, note = clean_vs_adv_table(clean[:2], adv[:2], succeed[:2], cells=(1,), grid=None)
+    assert note is None and "flat_maps" not in table and "rows_with_flat_maps" not in table

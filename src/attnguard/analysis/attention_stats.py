@@ -15,7 +15,7 @@ import torch
 
 from ._run import attack_all, cams, predict
 from ..utils.modes import eval_mode
-from .iou import box_iou, boxes_to_mask, cell_iou, mean_activation_in, nanmean
+from .iou import box_iou, boxes_to_mask, cell_iou, mean_activation_in, nanmean, to_grid
 
 CELLS = (5, 10, 20, 30)
 LIME_FEATURES = (8, 10)
@@ -29,6 +29,45 @@ def _share(mask: torch.Tensor, within: Optional[torch.Tensor] = None) -> Optiona
     within = torch.ones_like(mask) if within is None else within
     n = int(within.sum())
     return float((mask & within).sum()) / n if n else None
+
+
+def flat_maps(cam: torch.Tensor) -> torch.Tensor:
+    """``[B]`` True where a map has no top cells: every cell equal (all zero, typically, after the ReLU)."""
+    flat = cam.flatten(1)
+    return flat.amax(1) <= flat.amin(1)
+
+
+def clean_vs_adv_table(cam_clean: torch.Tensor, cam_adv: torch.Tensor, succeed: torch.Tensor,
+                       cells: Sequence[int] = CELLS, grid=8):
+    """AAD Table 3 (eq. 6): mean top-k cell IoU of clean vs adversarial maps, I_succeed and I_fail apart.
+
+    A flat map (every cell equal) has no highest cells: its top k are whatever ``torch.topk`` returns
+    for a tie (the same cells for two flat maps, whatever the images), so such a pair's IoU measures
+    the tie-break, not attention (seen: an AFM-CAM model whose maps were zero for 98% of CIFAR images
+    printed IoU 1.0). Pairs with a flat map on either side are left out of ``rows`` and counted in
+    ``flat_maps``; ``rows_with_flat_maps`` keeps the means over every pair for comparison.
+    Returns (table, per-k IoU of every pair, a note or None).
+    """
+    grid_name = "model" if grid is None else (f"{grid}x{grid}" if isinstance(grid, int) else "x".join(map(str, grid)))
+    per_k = cell_iou(cam_clean, cam_adv, cells, grid)
+    flat_c, flat_a = flat_maps(to_grid(cam_clean, grid)), flat_maps(to_grid(cam_adv, grid))
+    keep = ~(flat_c | flat_a)
+    table = {"grid": grid_name, "model_grid": list(cam_clean.shape[-2:]),
+             "rows": [{"cells": k, **_split_means(v[keep], succeed[keep])} for k, v in per_k.items()]}
+    skipped = [k for k in cells if k not in per_k]
+    if skipped:
+        table["skipped_cells"] = skipped
+    note = None
+    left = int((~keep).sum())
+    if left:
+        table["flat_maps"] = {"clean": int(flat_c.sum()), "adversarial": int(flat_a.sum()), "pairs_left_out": left,
+                              "succeed_left_out": int((~keep & succeed).sum()),
+                              "fail_left_out": int((~keep & ~succeed).sum())}
+        table["rows_with_flat_maps"] = [{"cells": k, **_split_means(v, succeed)} for k, v in per_k.items()]
+        note = (f"{left} of {len(keep)} clean/adversarial pairs have a flat attention map (every cell equal: "
+                f"{int(flat_c.sum())} clean, {int(flat_a.sum())} adversarial); their top cells are a tie, so they "
+                "are left out of the IoU table (clean_vs_adv.rows_with_flat_maps keeps them)")
+    return table, per_k, note
 
 
 def box_tables(iou: torch.Tensor, succeed: torch.Tensor, confidence: torch.Tensor, threshold: float = 0.5) -> dict:
@@ -100,16 +139,8 @@ def attention_statistics(model, images: torch.Tensor, labels: torch.Tensor, atta
             notes.append(f"the model's attention grid ({cam_clean.shape[-2]}x{cam_clean.shape[-1]}) is coarser than "
                          f"the requested {gh}x{gw}; the clean-vs-adversarial IoU uses the model's grid")
             grid = None
-    grid_name = "model" if grid is None else (f"{grid}x{grid}" if isinstance(grid, int) else "x".join(map(str, grid)))
-    per_k = cell_iou(cam_clean, cam_adv, cells, grid)
-    res["clean_vs_adv"] = {
-        "grid": grid_name,
-        "model_grid": list(cam_clean.shape[-2:]),
-        "rows": [{"cells": k, **_split_means(v, succeed)} for k, v in per_k.items()],
-    }
-    skipped = [k for k in cells if k not in per_k]
-    if skipped:
-        res["clean_vs_adv"]["skipped_cells"] = skipped
+    res["clean_vs_adv"], per_k, note = clean_vs_adv_table(cam_clean, cam_adv, succeed, cells, grid)
+    notes += [note] if note else []
     arrays["cell_iou"] = per_k
 
     h, w = x.shape[-2:]

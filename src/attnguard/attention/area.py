@@ -43,7 +43,8 @@ def attention_area(cam: torch.Tensor, kappa: Kappa = "mean", top_k: int | None =
 
 
 def top_k_mask(cam: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` highest cells of each ``[h, w]`` map (ties broken by position)."""
+    """Boolean mask of the ``k`` highest cells of each ``[h, w]`` map (ties: as ``torch.topk`` breaks them,
+    which is implementation-defined; a flat map has no meaningful top cells, see ``analysis.flat_maps``)."""
     b, h, w = cam.shape
     if not 1 <= k <= h * w:
         raise ValueError(f"top_k must be in [1, {h * w}] for {h}x{w} maps, got {k}")
