@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from ..configs import without_foreign_options
 from ..data import DATASETS
 from ..defenses.config import AdversaryConfig, DefenseConfig, normalize_defense_section
 from ..errors import ConfigError, check_range
@@ -194,8 +195,6 @@ def _choice(name, value, allowed):
 
 
 def _merge(base: dict, over: dict) -> dict:
-    from ..configs import without_foreign_options
-
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
