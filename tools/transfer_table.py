@@ -39,9 +39,9 @@ def accuracies(doc: dict, k: int) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def _ms(values: List[float]) -> str:
+def _ms(values: List[float], signed: bool = False) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    return f"{statistics.mean(values):{'+' if signed else ''}.1f} ± {sd:.1f}"
 
 
 def table(docs: List[dict], k: int, paired: List[tuple]) -> str:
@@ -58,8 +58,7 @@ def table(docs: List[dict], k: int, paired: List[tuple]) -> str:
         for a, b in paired:
             if all(a in f.get(s, {}) and b in f.get(s, {}) for f in per_file):
                 diffs = [f[s][b] - f[s][a] for f in per_file]
-                cells.append(f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.1f}"
-                             f" ({', '.join(f'{v:+.1f}' for v in diffs)})")
+                cells.append(f"{_ms(diffs, signed=True)} ({', '.join(f'{v:+.1f}' for v in diffs)})")
             else:
                 cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
